@@ -1,0 +1,40 @@
+//! numgen: an HTTP service that issues unique numbers (order numbers, invoice numbers,
+//! ticket IDs) for business keys called prefixes. The contract is `SPEC.md`; this is the
+//! map of the code.
+//!
+//! # Layout
+//!
+//! The pure core, free of I/O and async, with unit tests beside it:
+//! - [`id`]: the bit [`id::layout`] of a snowflake ID and the per-prefix
+//!   [`id::generator`] (one `AtomicU64` per prefix, no lock).
+//! - [`format`]: format templates, parsed with positioned errors and rendered into a buffer.
+//! - [`clock`]: the `Clock` trait and the guard that turns readings into a time that never
+//!   goes backward and notices steps back and jumps forward.
+//! - [`prefix`]: prefix configs, parsed strictly from request bodies.
+//!
+//! The state of a running node, and its edges:
+//! - [`node`]: the worker grant, reservation ceiling, health flags; bounds per request.
+//! - [`worker`]: where worker IDs come from, and keeping timestamps reserved ahead of use.
+//! - [`sequence`]: dense counters from blocks reserved in the store, prefetched.
+//! - [`service`]: the prefix registry and the issue/admin operations the HTTP layer calls.
+//! - [`store`]: the `Store` trait; embedded (redb) and etcd backends.
+//! - [`cluster`]: node registry as `/cluster/nodes` shows it.
+//! - [`http`]: accept loop, router, handlers, the HTTP error type.
+//! - [`metrics`]: every exported metric, in one registry.
+//! - [`config`]: file, environment and flags into one checked `Config`.
+//! - [`app`]: wiring and shutdown order.
+
+pub mod app;
+pub mod clock;
+pub mod cluster;
+pub mod config;
+pub mod format;
+pub mod http;
+pub mod id;
+pub mod metrics;
+pub mod node;
+pub mod prefix;
+pub mod sequence;
+pub mod service;
+pub mod store;
+pub mod worker;

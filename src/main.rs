@@ -1,0 +1,105 @@
+//! The `numgen` binary: parses the command line, sets up logging, and hands over to
+//! [`numgen::app::run`] with a shutdown future for SIGTERM and SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use numgen::clock::{Clock, SystemClock};
+use numgen::config::{Cli, Command, Config, LogFormat, Settings};
+
+fn load(settings: Settings) -> Result<Config, numgen::config::ConfigError> {
+    settings.with_file()?.validate(SystemClock.now_ms())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            // Without signal handlers, run until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
+        numgen::app::run(config, listener, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(settings) => {
+            let config = match load(*settings) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("numgen: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(config.log_format);
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("numgen: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Decode { id, settings } => {
+            let config = match load(*settings) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("numgen: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let described = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| numgen::id::describe(&config.layout, n));
+            match described {
+                Some(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    eprintln!("numgen: '{id}' is not an ID (a decimal integer below 2^63)");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The node's issuing state, shared by every request: the worker ID it holds (the
+//! [`Grant`]) and how far that ID's timestamps are reserved, the clock and its guard, and
+//! the conditions that make numbers degraded (SPEC section 4). [`Node::try_issue`] turns
+//! all of that into the generator's bounds for one request; it never blocks or sleeps.
+//!
+//! State changes come from background tasks (reservation, lease, skew monitor) through
+//! atomics and an `ArcSwap`, so the request path takes no lock.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus::IntCounter;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, ClockGuard, GuardChange};
+use crate::id::{Batch, Bounds, DegradeReason, Generator, Layout, NextError, Policy, PrefixClock};
+use crate::metrics::Metrics;
+
+const STARTING: u32 = 1;
+const LEASE_LOST: u32 = 1 << 1;
+const CLOCK_SKEW: u32 = 1 << 2;
+const STOPPING: u32 = 1 << 3;
+
+/// The worker ID a node holds and the range of timestamps it may use with it.
+#[derive(Debug)]
+pub struct Grant {
+    pub dc: u64,
+    pub worker: u64,
+    node_bits: u64,
+    /// Timestamps up to here may have been used under this worker ID before.
+    pub floor: u64,
+    /// Timestamps up to here are persisted as reserved.
+    ceiling: AtomicU64,
+}
+
+impl Grant {
+    pub fn ceiling(&self) -> u64 {
+        self.ceiling.load(Ordering::Acquire)
+    }
+}
+
+/// Settings the node needs from the config.
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSettings {
+    pub max_backward_wait_ms: u64,
+    pub on_clock_backward: Policy,
+    pub on_lease_loss: Policy,
+    /// How far ahead of the clock timestamps are reserved (and persisted).
+    pub reserve_window_ms: u64,
+}
+
+/// Numbers issued by one [`Node::try_issue`] call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Issued {
+    pub batch: Batch,
+    pub dc: u64,
+    pub worker: u64,
+    pub node_bits: u64,
+}
+
+/// Why nothing could be issued right now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// Retry after this long (at most the allowed wait).
+    Wait(Duration),
+    /// The reservation is used up; wait for [`Node::reserved`] and retry.
+    Ceiling,
+    /// 503 `NOT_READY`.
+    NotReady {
+        reason: &'static str,
+        retry_after: Duration,
+    },
+}
+
+/// What `/ready` reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// `ok`, `degraded` or `not_ready`.
+    pub status: &'static str,
+    pub reasons: Vec<&'static str>,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.status == "ok"
+    }
+}
+
+/// One condition's episode: the degraded count when it started.
+#[derive(Default)]
+struct Episode {
+    started_at_count: Mutex<Option<u64>>,
+}
+
+pub struct Node {
+    layout: Layout,
+    generator: Generator,
+    clock: Arc<dyn Clock>,
+    guard: ClockGuard,
+    grant: ArcSwapOption<Grant>,
+    flags: AtomicU32,
+    /// While the lease is lost, the node's time stands still here.
+    freeze: AtomicU64,
+    settings: NodeSettings,
+    max_wait_units: u64,
+    window_units: u64,
+    renew_wanted: Notify,
+    reserved: Notify,
+    degraded: [IntCounter; 3],
+    episodes: [Episode; 3],
+    metrics: Metrics,
+}
+
+fn reason_index(r: DegradeReason) -> usize {
+    match r {
+        DegradeReason::ClockBackward => 0,
+        DegradeReason::ClockSkew => 1,
+        DegradeReason::LeaseLost => 2,
+    }
+}
+
+impl Node {
+    pub fn new(
+        layout: Layout,
+        clock: Arc<dyn Clock>,
+        settings: NodeSettings,
+        metrics: Metrics,
+    ) -> Node {
+        let max_wait_units = settings
+            .max_backward_wait_ms
+            .div_ceil(layout.time_unit_ms());
+        Node {
+            generator: Generator::new(&layout),
+            guard: ClockGuard::new(max_wait_units),
+            grant: ArcSwapOption::empty(),
+            flags: AtomicU32::new(0),
+            freeze: AtomicU64::new(u64::MAX),
+            max_wait_units,
+            window_units: layout.units_for_ms(settings.reserve_window_ms).max(2),
+            renew_wanted: Notify::new(),
+            reserved: Notify::new(),
+            degraded: metrics.degraded_counters(),
+            episodes: Default::default(),
+            layout,
+            clock,
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+    pub fn generator(&self) -> &Generator {
+        &self.generator
+    }
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+    /// The reservation window in units.
+    pub fn window_units(&self) -> u64 {
+        self.window_units
+    }
+    pub fn grant(&self) -> Option<Arc<Grant>> {
+        self.grant.load_full()
+    }
+
+    /// Reads the clock into the guard and handles an episode starting or ending.
+    pub fn observe(&self) -> crate::clock::Reading {
+        let wall = self.layout.units_at(self.clock.now_ms());
+        let (reading, change) = self.guard.observe(wall);
+        match change {
+            Some(GuardChange::Started { behind, until }) => {
+                let ms = behind * self.layout.time_unit_ms();
+                let until_ms = self.layout.unix_ms_at(until);
+                self.begin_episode(
+                    DegradeReason::ClockBackward,
+                    &format!(
+                        "clock is {ms} ms behind the last timestamp used (until unix ms {until_ms}); policy {:?}",
+                        self.settings.on_clock_backward
+                    ),
+                );
+            }
+            Some(GuardChange::Ended) => self.end_episode(DegradeReason::ClockBackward),
+            None => {}
+        }
+        reading
+    }
+
+    /// The node's time in units (never behind the highest reading).
+    pub fn now_units(&self) -> u64 {
+        self.observe().now
+    }
+
+    /// Raises the node's time to `units` (a start-up floor ahead of the clock).
+    pub fn raise_time_to(&self, units: u64) {
+        self.guard.raise_to(units);
+        self.observe();
+    }
+
+    /// Issues up to `want` numbers from `clock`.
+    #[inline]
+    pub fn try_issue(&self, prefix: &PrefixClock, want: u64) -> Result<Issued, Blocked> {
+        let grant_guard = self.grant.load();
+        let Some(grant) = grant_guard.as_ref() else {
+            return Err(Blocked::NotReady {
+                reason: "no worker ID is held",
+                retry_after: Duration::from_secs(1),
+            });
+        };
+        let flags = self.flags.load(Ordering::Acquire);
+        if flags & (STARTING | STOPPING) != 0 {
+            let reason = if flags & STOPPING != 0 {
+                "shutting down"
+            } else {
+                "waiting for the clock to pass this worker ID's reserved timestamp"
+            };
+            return Err(Blocked::NotReady {
+                reason,
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let reading = self.observe();
+        let mut now = reading.now;
+        let mut degraded = None;
+        if flags & LEASE_LOST != 0 {
+            if self.settings.on_lease_loss == Policy::Reject {
+                return Err(Blocked::NotReady {
+                    reason: "the worker lease is lost",
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            degraded = Some(DegradeReason::LeaseLost);
+            now = now.min(self.freeze.load(Ordering::Acquire));
+        } else if let Some(until) = reading.backward_until {
+            if self.settings.on_clock_backward == Policy::Reject {
+                return Err(Blocked::NotReady {
+                    reason: "the clock stepped back",
+                    retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
+                });
+            }
+            degraded = Some(DegradeReason::ClockBackward);
+        } else if flags & CLOCK_SKEW != 0 {
+            degraded = Some(DegradeReason::ClockSkew);
+        }
+        let bounds = Bounds {
+            now,
+            floor: grant.floor,
+            ceiling: grant.ceiling(),
+            degraded,
+            max_wait: self.max_wait_units,
+            on_ahead: self.settings.on_clock_backward,
+        };
+        match self.generator.next(prefix, want, &bounds) {
+            Ok(batch) => {
+                if let Some(reason) = batch.degraded {
+                    self.degraded[reason_index(reason)].inc_by(batch.count);
+                }
+                Ok(Issued {
+                    batch,
+                    dc: grant.dc,
+                    worker: grant.worker,
+                    node_bits: grant.node_bits,
+                })
+            }
+            Err(NextError::Wait { until }) => Err(Blocked::Wait(
+                self.units_to_duration(until.saturating_sub(reading.wall)),
+            )),
+            Err(NextError::Behind { until }) => Err(Blocked::NotReady {
+                reason: "the clock is behind this prefix's last timestamp",
+                retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
+            }),
+            Err(NextError::Ceiling) => {
+                self.renew_wanted.notify_one();
+                Err(Blocked::Ceiling)
+            }
+            Err(NextError::Exhausted) => Err(Blocked::NotReady {
+                reason: "the layout has run out of timestamps",
+                retry_after: Duration::from_secs(3600),
+            }),
+        }
+    }
+
+    fn units_to_duration(&self, units: u64) -> Duration {
+        Duration::from_millis(units.max(1).saturating_mul(self.layout.time_unit_ms()))
+    }
+
+    /// Starts using a worker ID whose timestamps up to `floor` may have been used, with
+    /// timestamps up to `ceiling` already persisted as reserved.
+    pub fn install_grant(&self, dc: u64, worker: u64, floor: u64, ceiling: u64) {
+        let grant = Grant {
+            dc,
+            worker,
+            node_bits: self.layout.node_bits(dc, worker),
+            floor,
+            ceiling: AtomicU64::new(ceiling),
+        };
+        self.grant.store(Some(Arc::new(grant)));
+        self.metrics.worker_id.set(worker as i64);
+        self.reserved.notify_waiters();
+    }
+
+    /// Stops issuing: the worker ID is no longer held.
+    pub fn clear_grant(&self) {
+        self.grant.store(None);
+        self.metrics.worker_id.set(-1);
+    }
+
+    /// Records that timestamps up to `ceiling` are persisted for the current grant.
+    pub fn extend_ceiling(&self, ceiling: u64) {
+        if let Some(g) = self.grant.load().as_ref() {
+            g.ceiling.fetch_max(ceiling, Ordering::AcqRel);
+        }
+        self.reserved.notify_waiters();
+    }
+
+    /// Resolves when a request hit the reservation ceiling.
+    pub async fn renew_wanted(&self) {
+        self.renew_wanted.notified().await;
+    }
+
+    /// Resolves at the next reservation change (or grant change).
+    pub async fn reserved(&self) {
+        self.reserved.notified().await;
+    }
+
+    fn set_flag(&self, flag: u32, on: bool) -> bool {
+        let before = if on {
+            self.flags.fetch_or(flag, Ordering::AcqRel)
+        } else {
+            self.flags.fetch_and(!flag, Ordering::AcqRel)
+        };
+        (before & flag != 0) != on
+    }
+
+    pub fn set_starting(&self, on: bool) {
+        self.set_flag(STARTING, on);
+    }
+
+    pub fn set_stopping(&self) {
+        self.set_flag(STOPPING, true);
+    }
+
+    /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
+    /// the moment of fencing, so degraded numbers stay within the persisted reservation.
+    pub fn set_lease_lost(&self, lost: bool) {
+        if lost {
+            self.freeze.store(self.now_units(), Ordering::Release);
+        }
+        if self.set_flag(LEASE_LOST, lost) {
+            self.metrics.lease_healthy.set(i64::from(!lost));
+            if lost {
+                self.begin_episode(
+                    DegradeReason::LeaseLost,
+                    &format!(
+                        "worker lease not renewed in time; policy {:?}",
+                        self.settings.on_lease_loss
+                    ),
+                );
+            } else {
+                self.end_episode(DegradeReason::LeaseLost);
+            }
+        }
+        if !lost {
+            self.freeze.store(u64::MAX, Ordering::Release);
+        }
+    }
+
+    pub fn lease_lost(&self) -> bool {
+        self.flags.load(Ordering::Acquire) & LEASE_LOST != 0
+    }
+
+    /// Marks the node's clock as too far from its peers' (or back within bounds).
+    pub fn set_clock_skew(&self, skewed: bool, offset_ms: f64) {
+        if self.set_flag(CLOCK_SKEW, skewed) {
+            if skewed {
+                self.begin_episode(
+                    DegradeReason::ClockSkew,
+                    &format!("clock is {offset_ms:.0} ms from the peers' median"),
+                );
+            } else {
+                self.end_episode(DegradeReason::ClockSkew);
+            }
+        }
+    }
+
+    fn begin_episode(&self, reason: DegradeReason, detail: &str) {
+        let i = reason_index(reason);
+        let mut started = self.episodes[i]
+            .started_at_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if started.is_none() {
+            *started = Some(self.degraded[i].get());
+            tracing::warn!(reason = reason.as_str(), "{detail}: numbers are degraded");
+        }
+    }
+
+    fn end_episode(&self, reason: DegradeReason) {
+        let i = reason_index(reason);
+        let mut started = self.episodes[i]
+            .started_at_count
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = started.take() {
+            let marked = self.degraded[i].get().saturating_sub(at);
+            tracing::warn!(
+                reason = reason.as_str(),
+                degraded_numbers = marked,
+                "{} is over: {marked} numbers were marked degraded",
+                reason.as_str()
+            );
+        }
+    }
+
+    /// What `/ready` says.
+    pub fn readiness(&self) -> Readiness {
+        let reading = self.observe();
+        let flags = self.flags.load(Ordering::Acquire);
+        let mut blocking = Vec::new();
+        let mut degrading = Vec::new();
+        if self.grant.load().is_none() {
+            blocking.push("no_worker_id");
+        }
+        if flags & STARTING != 0 {
+            blocking.push("starting");
+        }
+        if flags & STOPPING != 0 {
+            blocking.push("stopping");
+        }
+        let mut condition = |on: bool, policy: Policy, name: &'static str| {
+            if on {
+                match policy {
+                    Policy::Degrade => degrading.push(name),
+                    Policy::Reject => blocking.push(name),
+                }
+            }
+        };
+        condition(
+            flags & LEASE_LOST != 0,
+            self.settings.on_lease_loss,
+            "lease_lost",
+        );
+        condition(
+            reading.backward_until.is_some(),
+            self.settings.on_clock_backward,
+            "clock_backward",
+        );
+        condition(flags & CLOCK_SKEW != 0, Policy::Degrade, "clock_skew");
+        let status = if !blocking.is_empty() {
+            "not_ready"
+        } else if !degrading.is_empty() {
+            "degraded"
+        } else {
+            "ok"
+        };
+        blocking.extend(degrading);
+        Readiness {
+            status,
+            reasons: blocking,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::id::LayoutSettings;
+
+    const T0: u64 = 1_763_700_000_000;
+
+    fn node(clock: Arc<ManualClock>, backward: Policy, lease: Policy) -> Node {
+        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
+        let settings = NodeSettings {
+            max_backward_wait_ms: 5,
+            on_clock_backward: backward,
+            on_lease_loss: lease,
+            reserve_window_ms: 2000,
+        };
+        Node::new(layout, clock, settings, Metrics::new().unwrap())
+    }
+
+    fn granted(clock: &Arc<ManualClock>, backward: Policy, lease: Policy) -> Node {
+        let n = node(clock.clone(), backward, lease);
+        let now = n.now_units();
+        n.install_grant(1, 2, 0, now + n.window_units());
+        n
+    }
+
+    fn id_of(n: &Node, i: &Issued, k: u64) -> u64 {
+        n.layout()
+            .compose_packed(i.batch.first + k, i.batch.degraded.is_some(), i.node_bits)
+    }
+
+    #[test]
+    fn no_grant_is_not_ready() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = node(clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        assert!(matches!(
+            n.try_issue(&p, 1),
+            Err(Blocked::NotReady {
+                reason: "no worker ID is held",
+                ..
+            })
+        ));
+        assert_eq!(n.readiness().status, "not_ready");
+        assert_eq!(n.readiness().reasons, vec!["no_worker_id"]);
+    }
+
+    #[test]
+    fn steps_back_of_1_5_6_ms_and_10_s_under_both_policies() {
+        for policy in [Policy::Degrade, Policy::Reject] {
+            for step in [1, 5, 6, 10_000] {
+                let clock = Arc::new(ManualClock::new(T0));
+                let n = granted(&clock, policy, Policy::Degrade);
+                let p = PrefixClock::new();
+                let before = n.try_issue(&p, 1).unwrap();
+                let mut last = id_of(&n, &before, 0);
+                clock.step_back(step);
+                let got = n.try_issue(&p, 1);
+                match (step <= 5, policy) {
+                    (true, _) => {
+                        let i = got.unwrap();
+                        assert_eq!(i.batch.degraded, None, "step {step}");
+                        let id = id_of(&n, &i, 0);
+                        assert!(id > last);
+                        last = id;
+                        assert!(n.readiness().is_ready());
+                    }
+                    (false, Policy::Degrade) => {
+                        let i = got.unwrap();
+                        assert_eq!(i.batch.degraded, Some(DegradeReason::ClockBackward));
+                        let id = id_of(&n, &i, 0);
+                        assert!(id > last);
+                        last = id;
+                        assert_eq!(n.readiness().status, "degraded");
+                    }
+                    (false, Policy::Reject) => {
+                        match got {
+                            Err(Blocked::NotReady { retry_after, .. }) => {
+                                assert_eq!(retry_after, Duration::from_millis(step))
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                        assert_eq!(n.readiness().status, "not_ready");
+                    }
+                }
+                // The clock passes the last timestamp again: normal, still increasing.
+                clock.advance(step + 1);
+                let i = n.try_issue(&p, 1).unwrap();
+                assert_eq!(i.batch.degraded, None);
+                assert!(id_of(&n, &i, 0) > last);
+                assert!(n.readiness().is_ready());
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_exhaustion_inside_one_unit_waits_at_most_one_unit() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = granted(&clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        // Two units of sequence (this one and one of lead), then wait.
+        let a = n.try_issue(&p, 10_000).unwrap();
+        assert_eq!(a.batch.count, 8192);
+        assert_eq!(
+            n.try_issue(&p, 1),
+            Err(Blocked::Wait(Duration::from_millis(1)))
+        );
+        clock.advance(1);
+        assert!(n.try_issue(&p, 1).is_ok());
+    }
+
+    #[test]
+    fn lease_loss_degrades_from_a_frozen_clock_within_the_reservation_or_rejects() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = granted(&clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        let first = n.try_issue(&p, 1).unwrap();
+        let ceiling = n.grant().unwrap().ceiling();
+        n.set_lease_lost(true);
+        assert!(n.lease_lost());
+        assert_eq!(n.readiness().status, "degraded");
+        clock.advance(60_000);
+        let mut last = id_of(&n, &first, 0);
+        let mut total = 0;
+        loop {
+            match n.try_issue(&p, 100_000) {
+                Ok(i) => {
+                    assert_eq!(i.batch.degraded, Some(DegradeReason::LeaseLost));
+                    assert!(id_of(&n, &i, 0) > last);
+                    last = id_of(&n, &i, i.batch.count - 1);
+                    assert!(n.layout().decompose(last).unwrap().timestamp <= ceiling);
+                    total += i.batch.count;
+                }
+                Err(Blocked::Ceiling) => break,
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        // Everything from the fence to the ceiling: about 2 s of units.
+        assert!(total >= 1999 * 4096, "{total}");
+        n.set_lease_lost(false);
+        assert!(!n.lease_lost());
+
+        let n = granted(&clock, Policy::Degrade, Policy::Reject);
+        n.set_lease_lost(true);
+        assert!(matches!(n.try_issue(&p, 1), Err(Blocked::NotReady { .. })));
+        assert_eq!(n.readiness().status, "not_ready");
+    }
+
+    #[test]
+    fn skew_degrades_and_recovers() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = granted(&clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        n.set_clock_skew(true, 5000.0);
+        assert_eq!(
+            n.try_issue(&p, 1).unwrap().batch.degraded,
+            Some(DegradeReason::ClockSkew)
+        );
+        assert_eq!(
+            n.readiness(),
+            Readiness {
+                status: "degraded",
+                reasons: vec!["clock_skew"]
+            }
+        );
+        n.set_clock_skew(false, 0.0);
+        assert_eq!(n.try_issue(&p, 1).unwrap().batch.degraded, None);
+    }
+
+    #[test]
+    fn starting_and_stopping_are_not_ready() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = granted(&clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        n.set_starting(true);
+        assert!(matches!(n.try_issue(&p, 1), Err(Blocked::NotReady { .. })));
+        n.set_starting(false);
+        assert!(n.try_issue(&p, 1).is_ok());
+        n.set_stopping();
+        assert_eq!(n.readiness().reasons, vec!["stopping"]);
+    }
+
+    #[test]
+    fn a_start_up_floor_ahead_of_the_clock_is_a_backward_episode() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = node(clock.clone(), Policy::Degrade, Policy::Degrade);
+        let floor = n.layout().units_at(T0 + 10_000);
+        n.install_grant(0, 0, floor, floor + 2000);
+        n.raise_time_to(floor);
+        let p = PrefixClock::new();
+        let i = n.try_issue(&p, 1).unwrap();
+        assert_eq!(i.batch.degraded, Some(DegradeReason::ClockBackward));
+        assert_eq!(i.batch.first >> 12, floor + 1);
+        clock.advance(10_001);
+        let j = n.try_issue(&p, 1).unwrap();
+        assert_eq!(j.batch.degraded, None);
+        assert!(id_of(&n, &j, 0) > id_of(&n, &i, 0));
+    }
+
+    #[test]
+    fn hitting_the_ceiling_asks_for_a_renewal() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = node(clock.clone(), Policy::Degrade, Policy::Degrade);
+        let now = n.now_units();
+        n.install_grant(0, 0, 0, now);
+        let p = PrefixClock::new();
+        assert_eq!(n.try_issue(&p, 5000).unwrap().batch.count, 4096);
+        assert_eq!(n.try_issue(&p, 1), Err(Blocked::Ceiling));
+        n.extend_ceiling(now + 10);
+        assert!(n.try_issue(&p, 1).is_ok());
+        n.clear_grant();
+        assert!(n.grant().is_none());
+    }
+}

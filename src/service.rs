@@ -1,0 +1,460 @@
+//! The numbers service: the prefix registry (configs served from memory) and the two
+//! operations everything else is built on, issuing numbers and managing prefix configs.
+//! The HTTP layer calls these and only maps their errors to status codes.
+//!
+//! The registry is an immutable map behind an `ArcSwap`: a request loads it without a lock
+//! and without contention; a config change copies the map (configs change rarely). Each
+//! snowflake prefix's [`PrefixClock`] is kept for the life of the process, also across a
+//! delete, so a prefix registered again never goes back in time.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use prometheus::IntCounter;
+
+use crate::format::{RenderCtx, Template};
+use crate::id::PrefixClock;
+use crate::metrics::Metrics;
+use crate::node::{Blocked, Node};
+use crate::prefix::{ConfigError, Mode, PrefixConfig};
+use crate::sequence::{SeqAllocator, SeqError};
+use crate::store::{Replaced, Store, StoreError};
+
+type Map = HashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>;
+
+/// How long a request may wait for the reservation of timestamps to be extended.
+const RESERVATION_WAIT: Duration = Duration::from_secs(2);
+
+/// A registered prefix, ready to issue.
+pub struct Entry {
+    pub key: Arc<str>,
+    pub config: PrefixConfig,
+    pub template: Template,
+    pub kind: Kind,
+    issued: IntCounter,
+}
+
+pub enum Kind {
+    Snowflake(Arc<PrefixClock>),
+    Sequence(Arc<SeqAllocator>),
+}
+
+/// Receives issued numbers in order; the HTTP layer writes them into the response body.
+pub trait Sink {
+    /// One number: `render` writes its text, `id` is the ID or counter value.
+    fn push(&mut self, template: &Template, ctx: &RenderCtx<'_>, id: u64, degraded: bool);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IssueError {
+    #[error("Prefix '{0}' not registered")]
+    NotRegistered(String),
+    #[error("not ready: {reason}")]
+    NotReady {
+        reason: &'static str,
+        retry_after: Duration,
+    },
+    #[error("sequence of prefix '{0}' is exhausted (passed 18446744073709551615)")]
+    Overflow(String),
+    #[error(transparent)]
+    Storage(StoreError),
+    /// The prefix's config was replaced while the request used it, twice in a row.
+    #[error("the config of prefix '{0}' changed while issuing; retry")]
+    ConfigChanged(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("Prefix already exists")]
+    Exists,
+    #[error("mode cannot change from '{from}' to '{to}'; register a new prefix instead")]
+    ModeChange {
+        from: &'static str,
+        to: &'static str,
+    },
+    #[error("Prefix '{0}' not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+pub struct Registry {
+    map: ArcSwap<Map>,
+    /// Snowflake states by key, never dropped; also serialises writers of `map`.
+    clocks: Mutex<HashMap<Arc<str>, Arc<PrefixClock>>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            map: ArcSwap::from_pointee(Map::default()),
+            clocks: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Registry {
+    fn writers(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<PrefixClock>>> {
+        self.clocks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    #[inline]
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.map.load().get(key).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn entries(&self) -> Vec<Arc<Entry>> {
+        self.map.load().values().cloned().collect()
+    }
+
+    /// The highest timestamp any snowflake prefix has used on this node.
+    pub fn max_timestamp(&self, node: &Node) -> u64 {
+        self.writers()
+            .values()
+            .map(|c| c.last_timestamp(node.generator()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+pub struct Service {
+    node: Arc<Node>,
+    registry: Registry,
+    store: Arc<dyn Store>,
+    metrics: Metrics,
+    /// Cluster mode: a key missing from memory is looked up in the store before a 400.
+    read_through: bool,
+}
+
+impl Service {
+    pub fn new(
+        node: Arc<Node>,
+        store: Arc<dyn Store>,
+        metrics: Metrics,
+        read_through: bool,
+    ) -> Service {
+        Service {
+            node,
+            registry: Registry::default(),
+            store,
+            metrics,
+            read_through,
+        }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Builds the entry for `config`, reusing the snowflake clock of `key`.
+    fn build(&self, key: &str, config: PrefixConfig) -> Result<Entry, ConfigError> {
+        let template = config.template()?;
+        let mut clocks = self.registry.writers();
+        let key: Arc<str> = clocks
+            .get_key_value(key)
+            .map_or_else(|| Arc::from(key), |(k, _)| k.clone());
+        let kind = match config.mode {
+            Mode::Snowflake => Kind::Snowflake(
+                clocks
+                    .entry(key.clone())
+                    .or_insert_with(|| Arc::new(PrefixClock::new()))
+                    .clone(),
+            ),
+            Mode::Sequence => Kind::Sequence(Arc::new(SeqAllocator::new(
+                key.clone(),
+                &config,
+                self.store.clone(),
+                self.metrics.blocks_reserved.with_label_values(&[&key]),
+            ))),
+        };
+        let issued = self
+            .metrics
+            .issued
+            .with_label_values(&[&key, config.mode.as_str()]);
+        Ok(Entry {
+            key,
+            config,
+            template,
+            kind,
+            issued,
+        })
+    }
+
+    /// Makes `config` the live config of `key` (no-op when it already is). The replaced
+    /// entry's sequence blocks are given back.
+    pub fn apply(&self, key: &str, config: PrefixConfig) -> Result<Arc<Entry>, ConfigError> {
+        if let Some(e) = self.registry.get(key).filter(|e| e.config == config) {
+            return Ok(e);
+        }
+        let entry = Arc::new(self.build(key, config)?);
+        let old = {
+            let _writers = self.registry.writers();
+            let mut map = Map::clone(&self.registry.map.load());
+            let old = map.insert(entry.key.clone(), entry.clone());
+            self.registry.map.store(Arc::new(map));
+            old
+        };
+        self.metrics.prefixes.set(self.registry.len() as i64);
+        close_later(old);
+        Ok(entry)
+    }
+
+    /// Forgets `key` locally (its counters stay in the store).
+    pub fn forget(&self, key: &str) {
+        let old = {
+            let _writers = self.registry.writers();
+            let mut map = Map::clone(&self.registry.map.load());
+            let old = map.remove(key);
+            self.registry.map.store(Arc::new(map));
+            old
+        };
+        self.metrics.prefixes.set(self.registry.len() as i64);
+        close_later(old);
+    }
+
+    /// Loads every stored config into memory.
+    pub async fn load(&self) -> Result<usize, AdminError> {
+        let all = self.store.list_prefixes().await?;
+        let mut map = Map::default();
+        for (key, config) in all {
+            match self.build(&key, config) {
+                Ok(e) => {
+                    map.insert(e.key.clone(), Arc::new(e));
+                }
+                Err(e) => {
+                    tracing::error!(prefix = %key, error = %e, "stored config is invalid; skipped")
+                }
+            }
+        }
+        let n = map.len();
+        {
+            let _writers = self.registry.writers();
+            self.registry.map.store(Arc::new(map));
+        }
+        self.metrics.prefixes.set(n as i64);
+        Ok(n)
+    }
+
+    async fn lookup(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
+        if let Some(e) = self.registry.get(key) {
+            return Ok(e);
+        }
+        if self.read_through
+            && let Some(config) = self
+                .store
+                .get_prefix(key)
+                .await
+                .map_err(IssueError::Storage)?
+        {
+            return self
+                .apply(key, config)
+                .map_err(|_| IssueError::NotRegistered(key.to_string()));
+        }
+        Err(IssueError::NotRegistered(key.to_string()))
+    }
+
+    /// Issues `count` numbers of prefix `key` into `sink`, in order.
+    pub async fn issue(
+        &self,
+        key: &str,
+        count: u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), IssueError> {
+        let mut entry = self.lookup(key).await?;
+        let mut retried = false;
+        loop {
+            let result = match &entry.kind {
+                Kind::Snowflake(clock) => self.issue_snowflake(&entry, clock, count, sink).await,
+                Kind::Sequence(alloc) => self.issue_sequence(&entry, alloc, count, sink).await,
+            };
+            match result {
+                Err(IssueError::ConfigChanged(_)) if !retried => {
+                    retried = true;
+                    entry = self.lookup(key).await?;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn issue_snowflake(
+        &self,
+        entry: &Entry,
+        clock: &PrefixClock,
+        count: u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), IssueError> {
+        let layout = *self.node.layout();
+        let offset_s = entry.config.utc_offset.seconds();
+        let mut left = count;
+        let mut waited = Duration::ZERO;
+        while left > 0 {
+            match self.node.try_issue(clock, left) {
+                Ok(issued) => {
+                    let degraded = issued.batch.degraded.is_some();
+                    let s = layout.sequence_bits();
+                    for packed in issued.batch.first..issued.batch.first + issued.batch.count {
+                        let id = layout.compose_packed(packed, degraded, issued.node_bits);
+                        let ctx = RenderCtx {
+                            prefix: &entry.key,
+                            value: id,
+                            unix_ms: layout.unix_ms_at(packed >> s),
+                            offset_s,
+                            dc: issued.dc,
+                            worker: issued.worker,
+                            degraded,
+                        };
+                        sink.push(&entry.template, &ctx, id, degraded);
+                    }
+                    entry.issued.inc_by(issued.batch.count);
+                    left -= issued.batch.count;
+                }
+                Err(Blocked::Wait(d)) => tokio::time::sleep(d).await,
+                Err(Blocked::Ceiling) => {
+                    if waited >= RESERVATION_WAIT {
+                        return Err(IssueError::Storage(StoreError::Timeout(RESERVATION_WAIT)));
+                    }
+                    let step = Duration::from_millis(20);
+                    let _ = tokio::time::timeout(step, self.node.reserved()).await;
+                    waited += step;
+                }
+                Err(Blocked::NotReady {
+                    reason,
+                    retry_after,
+                }) => {
+                    return Err(IssueError::NotReady {
+                        reason,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn issue_sequence(
+        &self,
+        entry: &Entry,
+        alloc: &Arc<SeqAllocator>,
+        count: u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), IssueError> {
+        let now_ms = self.node.clock().now_ms();
+        let taken = alloc.take(count, now_ms).await.map_err(|e| match e {
+            SeqError::Overflow(k) => IssueError::Overflow(k),
+            SeqError::Store(s) => IssueError::Storage(s),
+            SeqError::Closed => IssueError::ConfigChanged(entry.key.to_string()),
+        })?;
+        let (dc, worker) = self.node.grant().map_or((0, 0), |g| (g.dc, g.worker));
+        for n in taken.iter() {
+            let ctx = RenderCtx {
+                prefix: &entry.key,
+                value: n,
+                unix_ms: now_ms,
+                offset_s: entry.config.utc_offset.seconds(),
+                dc,
+                worker,
+                degraded: false,
+            };
+            sink.push(&entry.template, &ctx, n, false);
+        }
+        entry.issued.inc_by(taken.count());
+        Ok(())
+    }
+
+    /// `POST /prefix-configs/{key}`
+    pub async fn register(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
+        let (config, _) = PrefixConfig::from_request(body)?;
+        if !self.store.create_prefix(key, &config).await? {
+            return Err(AdminError::Exists);
+        }
+        self.apply(key, config.clone())?;
+        tracing::info!(prefix = key, config = %config.to_log_json(), "prefix registered");
+        Ok(config)
+    }
+
+    /// `PUT /prefix-configs/{key}`
+    pub async fn replace(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
+        let (config, _) = PrefixConfig::from_request(body)?;
+        match self.store.replace_prefix(key, &config).await? {
+            Replaced::ModeChange(from) => {
+                return Err(AdminError::ModeChange {
+                    from: from.as_str(),
+                    to: config.mode.as_str(),
+                });
+            }
+            Replaced::Created | Replaced::Replaced => {}
+        }
+        self.apply(key, config.clone())?;
+        tracing::info!(prefix = key, config = %config.to_log_json(), "prefix config replaced");
+        Ok(config)
+    }
+
+    /// `GET /prefix-configs/{key}`
+    pub async fn config(&self, key: &str) -> Result<PrefixConfig, AdminError> {
+        if let Some(e) = self.registry.get(key) {
+            return Ok(e.config.clone());
+        }
+        match self.store.get_prefix(key).await? {
+            Some(c) => Ok(c),
+            None => Err(AdminError::NotFound(key.to_string())),
+        }
+    }
+
+    /// `GET /prefix-configs`
+    pub async fn configs(&self) -> Result<Vec<(String, PrefixConfig)>, AdminError> {
+        let mut all = self.store.list_prefixes().await?;
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(all)
+    }
+
+    /// `DELETE /prefix-configs/{key}`
+    pub async fn delete(&self, key: &str) -> Result<(), AdminError> {
+        if !self.store.delete_prefix(key).await? {
+            return Err(AdminError::NotFound(key.to_string()));
+        }
+        self.forget(key);
+        tracing::info!(prefix = key, "prefix deleted");
+        Ok(())
+    }
+
+    /// Gives every sequence tail back (graceful stop).
+    pub async fn close_sequences(&self) {
+        for e in self.registry.entries() {
+            if let Kind::Sequence(a) = &e.kind {
+                a.close().await;
+            }
+        }
+    }
+}
+
+/// Gives back the sequence blocks of a replaced entry, off the caller's path.
+fn close_later(old: Option<Arc<Entry>>) {
+    if let Some(Kind::Sequence(a)) = old.as_ref().map(|e| &e.kind) {
+        let a = a.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { a.close().await });
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Durable state behind one small async trait, [`Store`]: prefix configs, sequence
+//! high-water marks, each worker ID's reserved high timestamp, and the layout the data was
+//! written with. Backends: [`embedded`] (redb, standalone) and [`etcd`] (cluster mode). The
+//! same conformance suite (`tests/store_conformance.rs`) runs against both.
+//!
+//! Every call is bounded: a backend answers within its timeout or returns
+//! [`StoreError::Timeout`], which the HTTP layer turns into `STORAGE_UNAVAILABLE`.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::prefix::{Mode, PrefixConfig};
+
+/// How long a store call may take before it counts as failed (SPEC 3.4: 2 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored value at {key} is unreadable: {detail}")]
+    Corrupt { key: String, detail: String },
+    #[error("counter {0} has reached 18446744073709551615")]
+    Overflow(String),
+    #[error("this data was written with another layout ({stored}); refusing to use it with {ours}")]
+    LayoutMismatch { stored: String, ours: String },
+}
+
+/// A reserved run of sequence numbers, both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeqBlock {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl SeqBlock {
+    pub fn len(&self) -> u64 {
+        self.end - self.start + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// What `replace_prefix` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Replaced {
+    Created,
+    Replaced,
+    /// Nothing written: the stored config has this other mode.
+    ModeChange(Mode),
+}
+
+/// A counter's name in the store: the prefix key, plus `/period` when it resets.
+pub fn counter_name(key: &str, period: Option<&str>) -> String {
+    match period {
+        Some(p) => format!("{key}/{p}"),
+        None => key.to_string(),
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Every stored prefix config.
+    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError>;
+    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
+    /// Stores `config` unless `key` exists; `false` when it does.
+    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<bool, StoreError>;
+    /// Creates or replaces, atomically refusing a change of mode.
+    async fn replace_prefix(
+        &self,
+        key: &str,
+        config: &PrefixConfig,
+    ) -> Result<Replaced, StoreError>;
+    /// Removes the config (counters stay); `false` when there was none.
+    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Reserves the next `size` numbers of `counter` (fewer at the top of u64). A counter
+    /// never written starts after `initial`; one below `initial` jumps up to it.
+    async fn reserve_seq(
+        &self,
+        counter: &str,
+        size: u64,
+        initial: u64,
+    ) -> Result<SeqBlock, StoreError>;
+    /// Gives numbers back: when the counter still ends at `block_end`, sets it to
+    /// `back_to`. `false` when someone reserved after us.
+    async fn release_seq(
+        &self,
+        counter: &str,
+        block_end: u64,
+        back_to: u64,
+    ) -> Result<bool, StoreError>;
+    /// The current high-water mark of `counter`, if any.
+    async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The reserved high timestamp (Unix ms) of a worker ID.
+    async fn load_hwm(&self, dc: u64, worker: u64) -> Result<Option<u64>, StoreError>;
+    /// Sets the reserved high timestamp of a worker ID.
+    async fn store_hwm(&self, dc: u64, worker: u64, unix_ms: u64) -> Result<(), StoreError>;
+
+    /// Records `layout` on first use; afterwards fails unless it is the same.
+    async fn check_layout(&self, layout: &str) -> Result<(), StoreError>;
+}
+
+/// Runs `f` under `limit`, mapping an elapsed deadline to [`StoreError::Timeout`].
+pub async fn bounded<T>(
+    limit: Duration,
+    f: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(r) => r,
+        Err(_) => Err(StoreError::Timeout(limit)),
+    }
+}
+
+/// The block a reservation takes when the counter stands at `current`: `None` at u64::MAX.
+pub fn next_block(current: u64, size: u64) -> Option<SeqBlock> {
+    let start = current.checked_add(1)?;
+    Some(SeqBlock {
+        start,
+        end: current.saturating_add(size.max(1)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_clamp_at_the_top_of_u64() {
+        assert_eq!(
+            next_block(0, 1000),
+            Some(SeqBlock {
+                start: 1,
+                end: 1000
+            })
+        );
+        assert_eq!(
+            next_block(u64::MAX - 3, 1000),
+            Some(SeqBlock {
+                start: u64::MAX - 2,
+                end: u64::MAX
+            })
+        );
+        assert_eq!(next_block(u64::MAX, 1), None);
+        assert_eq!(next_block(5, 0).unwrap().len(), 1);
+        assert!(!next_block(5, 1).unwrap().is_empty());
+    }
+
+    #[test]
+    fn counter_names() {
+        assert_eq!(counter_name("INV", None), "INV");
+        assert_eq!(counter_name("INV", Some("2025")), "INV/2025");
+    }
+
+    #[tokio::test]
+    async fn bounded_calls_time_out() {
+        let r: Result<(), _> = bounded(Duration::from_millis(10), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok(())
+        })
+        .await;
+        assert_eq!(r, Err(StoreError::Timeout(Duration::from_millis(10))));
+    }
+}
