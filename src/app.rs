@@ -15,18 +15,22 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, ForwardJumps, SystemClock};
+use crate::cluster::etcd::{ClusterSettings, EtcdCluster};
 use crate::cluster::{ClusterView, Standalone};
-use crate::config::Config;
+use crate::config::{Config, EtcdConfig};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::service::Service;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
 use crate::worker::{self, StaticWorker, WorkerClaim, WorkerError, WorkerSource};
 
 /// How far ahead timestamps are reserved standalone (cluster mode: the lease TTL).
 pub const STANDALONE_WINDOW_MS: u64 = 2000;
+/// How often a cluster node measures its clock against its peers.
+pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -133,13 +137,17 @@ fn layout_fingerprint(config: &Config) -> String {
 struct Backend {
     store: Arc<dyn Store>,
     workers: Arc<dyn WorkerSource>,
+    view: Arc<dyn ClusterView>,
     admin_token: String,
+    /// Cluster mode: a key missing from memory is read from etcd before a 400.
     read_through: bool,
+    /// How far ahead timestamps are reserved.
     window_ms: u64,
+    cluster: Option<Arc<EtcdCluster>>,
     _data_dir: Option<DataDir>,
 }
 
-fn standalone(config: &Config) -> Result<Backend, AppError> {
+fn standalone(config: &Config, node_id: &str, addr: &str) -> Result<Backend, AppError> {
     let dir = DataDir::open(&config.data_dir)?;
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("numgen.redb"))?);
     let workers = Arc::new(StaticWorker::new(
@@ -151,10 +159,60 @@ fn standalone(config: &Config) -> Result<Backend, AppError> {
     Ok(Backend {
         store,
         workers,
+        view: Arc::new(Standalone {
+            node_id: node_id.to_string(),
+            addr: addr.to_string(),
+            dc: config.dc_id,
+            worker: config.worker_id,
+            clock: Arc::new(SystemClock),
+        }),
         admin_token,
         read_through: false,
         window_ms: STANDALONE_WINDOW_MS,
+        cluster: None,
         _data_dir: Some(dir),
+    })
+}
+
+async fn clustered(
+    config: &Config,
+    etcd: &EtcdConfig,
+    node_id: &str,
+    addr: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Backend, AppError> {
+    let Some(admin_token) = config.admin_token.clone() else {
+        return Err(AppError::Cluster(
+            "admin_token is required in cluster mode".into(),
+        ));
+    };
+    if config.worker_id != 0 {
+        tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
+    }
+    let store = EtcdStore::connect(etcd).await?;
+    let cluster = Arc::new(EtcdCluster::new(
+        store.client(),
+        ClusterSettings {
+            root: etcd.root.clone(),
+            dc: config.dc_id,
+            max_worker: config.layout.max_worker(),
+            node_id: node_id.to_string(),
+            addr: addr.to_string(),
+            lease_ttl_s: config.lease_ttl_s,
+            timeout: crate::store::DEFAULT_TIMEOUT,
+        },
+        clock,
+    ));
+    tracing::info!(endpoints = ?etcd.endpoints, root = %etcd.root, dc = config.dc_id, "cluster mode");
+    Ok(Backend {
+        store: Arc::new(store),
+        workers: cluster.clone(),
+        view: cluster.clone(),
+        admin_token,
+        read_through: true,
+        window_ms: config.lease_ttl_s * 1000,
+        cluster: Some(cluster),
+        _data_dir: None,
     })
 }
 
@@ -186,7 +244,7 @@ async fn watch_clock(
 
 /// If the clock is behind the worker ID's floor: wait (not ready) when the gap is within the
 /// reservation window, otherwise let the clock policy decide from the floor on.
-fn handle_start_gap(node: &Arc<Node>, window_ms: u64) {
+pub fn handle_start_gap(node: &Arc<Node>, window_ms: u64) {
     let Some(grant) = node.grant() else { return };
     let layout = *node.layout();
     let wall = layout.units_at(node.clock().now_ms());
@@ -237,8 +295,8 @@ pub async fn run(
     );
 
     let backend = match &config.etcd {
-        None => standalone(&config)?,
-        Some(_) => return Err(AppError::Cluster("cluster mode is not built yet".into())),
+        None => standalone(&config, &node_id, &addr)?,
+        Some(etcd) => clustered(&config, etcd, &node_id, &addr, clock.clone()).await?,
     };
     backend
         .store
@@ -262,7 +320,6 @@ pub async fn run(
         },
         metrics.clone(),
     ));
-    metrics.lease_healthy.set(1);
     let service = Arc::new(Service::new(
         node.clone(),
         backend.store.clone(),
@@ -273,34 +330,58 @@ pub async fn run(
         .load()
         .await
         .map_err(|e| AppError::Cluster(e.to_string()))?;
-    let claim = worker::acquire(&node, backend.workers.as_ref()).await?;
-    handle_start_gap(&node, backend.window_ms);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (_claim_tx, claim_rx) = watch::channel(Some(claim.clone()));
-    let tasks: Vec<JoinHandle<()>> = vec![
-        tokio::spawn(worker::keep_reserved(
-            node.clone(),
-            backend.workers.clone(),
-            claim_rx,
-            stop_rx.clone(),
-        )),
-        tokio::spawn(watch_clock(
-            node.clone(),
-            metrics.clone(),
-            config.max_skew_ms,
-            stop_rx.clone(),
-        )),
-    ];
-    let view: Arc<dyn ClusterView> = Arc::new(Standalone {
-        node_id: node_id.clone(),
-        addr: addr.clone(),
-        node: node.clone(),
-    });
+    let (claim_tx, claim_rx) = watch::channel(None);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    match &backend.cluster {
+        None => {
+            let claim = worker::acquire(&node, backend.workers.as_ref()).await?;
+            metrics.lease_healthy.set(1);
+            let _ = claim_tx.send(Some(claim));
+            handle_start_gap(&node, backend.window_ms);
+        }
+        Some(cluster) => {
+            tasks.push(tokio::spawn(crate::cluster::etcd::run_lease(
+                cluster.clone(),
+                node.clone(),
+                metrics.clone(),
+                claim_tx,
+                stop_rx.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::cluster::etcd::watch_prefixes(
+                cluster.client(),
+                cluster.root().to_string(),
+                service.clone(),
+                crate::store::DEFAULT_TIMEOUT,
+                stop_rx.clone(),
+            )));
+            tasks.push(tokio::spawn(crate::cluster::etcd::watch_skew(
+                cluster.clone(),
+                node.clone(),
+                metrics.clone(),
+                config.max_skew_ms,
+                SKEW_CHECK_EVERY,
+                stop_rx.clone(),
+            )));
+        }
+    }
+    tasks.push(tokio::spawn(worker::keep_reserved(
+        node.clone(),
+        backend.workers.clone(),
+        claim_rx.clone(),
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(watch_clock(
+        node.clone(),
+        metrics.clone(),
+        config.max_skew_ms,
+        stop_rx.clone(),
+    )));
     let state = Arc::new(HttpState::new(
         service.clone(),
         backend.admin_token.clone(),
-        view,
+        backend.view.clone(),
     ));
     tracing::info!(
         addr = %local,
@@ -318,7 +399,10 @@ pub async fn run(
         let _ = t.await;
     }
     service.close_sequences().await;
-    release(&node, &service, backend.workers.as_ref(), &claim).await;
+    let claim = claim_rx.borrow().clone();
+    if let Some(claim) = claim {
+        release(&node, &service, backend.workers.as_ref(), &claim).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

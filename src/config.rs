@@ -33,6 +33,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the server (standalone without --etcd-endpoints, cluster mode with them).
     Serve(Box<Settings>),
+    /// Exit 0 when the server at `listen` answers GET /health (for container health checks).
+    Health {
+        #[command(flatten)]
+        settings: Box<Settings>,
+    },
     /// Print the fields of an ID as JSON (uses the layout settings).
     Decode {
         /// The ID, a decimal integer.
@@ -174,8 +179,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Connection settings for cluster mode.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Connection settings for cluster mode. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     pub root: String,
@@ -186,8 +191,8 @@ pub struct EtcdConfig {
     pub key_file: Option<PathBuf>,
 }
 
-/// The checked configuration.
-#[derive(Clone, Debug)]
+/// The checked configuration. `Debug` hides the admin token.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub advertise_addr: Option<String>,
@@ -203,6 +208,46 @@ pub struct Config {
     pub on_lease_loss: Policy,
     pub log_format: LogFormat,
     pub layout: Layout,
+}
+
+/// Secrets print as `****` (or `None`) in debug output and logs.
+fn redact(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "****")
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdConfig")
+            .field("endpoints", &self.endpoints)
+            .field("root", &self.root)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("advertise_addr", &self.advertise_addr)
+            .field("data_dir", &self.data_dir)
+            .field("admin_token", &redact(&self.admin_token))
+            .field("etcd", &self.etcd)
+            .field("dc_id", &self.dc_id)
+            .field("worker_id", &self.worker_id)
+            .field("lease_ttl_s", &self.lease_ttl_s)
+            .field("max_backward_wait_ms", &self.max_backward_wait_ms)
+            .field("max_skew_ms", &self.max_skew_ms)
+            .field("on_clock_backward", &self.on_clock_backward)
+            .field("on_lease_loss", &self.on_lease_loss)
+            .field("log_format", &self.log_format)
+            .field("layout", self.layout.settings())
+            .finish()
+    }
 }
 
 impl Settings {
@@ -424,6 +469,12 @@ impl Settings {
                     "etcd_cert_file and etcd_key_file go together",
                 ));
             }
+            if endpoints.iter().any(|e| e.starts_with("https://")) && etcd_ca_file.is_none() {
+                return Err(bad(
+                    "etcd_ca_file",
+                    "https etcd endpoints need etcd_ca_file (the CA that signed etcd's certificate)",
+                ));
+            }
             if etcd_username.is_some() != etcd_password.is_some() {
                 return Err(bad(
                     "etcd_username",
@@ -518,7 +569,7 @@ mod tests {
         all.extend_from_slice(args);
         match Cli::try_parse_from(all)?.command {
             Command::Serve(s) => Ok(*s),
-            Command::Decode { .. } => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -728,6 +779,37 @@ mod tests {
             assert_eq!(err.key, key, "{err}");
             assert!(err.to_string().contains(key));
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = Settings {
+            etcd_endpoints: Some(vec!["http://127.0.0.1:2379".into()]),
+            admin_token: Some("admin-secret".into()),
+            etcd_username: Some("u".into()),
+            etcd_password: Some("etcd-secret".into()),
+            ..Default::default()
+        }
+        .validate(NOW)
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("admin-secret") && !shown.contains("etcd-secret"),
+            "{shown}"
+        );
+        assert!(shown.contains("****"));
+    }
+
+    #[test]
+    fn https_endpoints_need_a_ca() {
+        let err = Settings {
+            etcd_endpoints: Some(vec!["https://127.0.0.1:2379".into()]),
+            admin_token: Some("t".into()),
+            ..Default::default()
+        }
+        .validate(NOW)
+        .unwrap_err();
+        assert_eq!(err.key, "etcd_ca_file");
     }
 
     #[test]

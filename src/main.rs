@@ -78,6 +78,39 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Health { settings } => {
+            let config = match load(*settings) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("numgen: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let mut addr = config.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+            }
+            let probe = async {
+                numgen::cluster::skew::probe(
+                    &addr.to_string(),
+                    &SystemClock,
+                    1,
+                    std::time::Duration::from_secs(2),
+                )
+                .await
+            };
+            let ok = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(probe).is_some())
+                .unwrap_or(false);
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("numgen: no healthy server at {addr}");
+                ExitCode::FAILURE
+            }
+        }
         Command::Decode { id, settings } => {
             let config = match load(*settings) {
                 Ok(c) => c,

@@ -167,10 +167,14 @@ impl Service {
         &self.metrics
     }
 
-    /// Builds the entry for `config`, reusing the snowflake clock of `key`.
-    fn build(&self, key: &str, config: PrefixConfig) -> Result<Entry, ConfigError> {
+    /// Builds the entry for `config`, reusing the snowflake clock of `key` from `clocks`.
+    fn build(
+        &self,
+        clocks: &mut HashMap<Arc<str>, Arc<PrefixClock>>,
+        key: &str,
+        config: PrefixConfig,
+    ) -> Result<Entry, ConfigError> {
         let template = config.template()?;
-        let mut clocks = self.registry.writers();
         let key: Arc<str> = clocks
             .get_key_value(key)
             .map_or_else(|| Arc::from(key), |(k, _)| k.clone());
@@ -204,16 +208,17 @@ impl Service {
     /// Makes `config` the live config of `key` (no-op when it already is). The replaced
     /// entry's sequence blocks are given back.
     pub fn apply(&self, key: &str, config: PrefixConfig) -> Result<Arc<Entry>, ConfigError> {
-        if let Some(e) = self.registry.get(key).filter(|e| e.config == config) {
-            return Ok(e);
-        }
-        let entry = Arc::new(self.build(key, config)?);
-        let old = {
-            let _writers = self.registry.writers();
-            let mut map = Map::clone(&self.registry.map.load());
+        let (entry, old) = {
+            let mut clocks = self.registry.writers();
+            let current = self.registry.map.load();
+            if let Some(e) = current.get(key).filter(|e| e.config == config) {
+                return Ok(e.clone());
+            }
+            let entry = Arc::new(self.build(&mut clocks, key, config)?);
+            let mut map = Map::clone(&current);
             let old = map.insert(entry.key.clone(), entry.clone());
             self.registry.map.store(Arc::new(map));
-            old
+            (entry, old)
         };
         self.metrics.prefixes.set(self.registry.len() as i64);
         close_later(old);
@@ -233,26 +238,45 @@ impl Service {
         close_later(old);
     }
 
+    /// Makes the registry equal to `all` (a full read of the store) in one swap: unchanged
+    /// entries are kept, changed ones rebuilt, missing ones dropped.
+    pub fn sync(&self, all: HashMap<String, PrefixConfig>) {
+        let mut replaced = Vec::new();
+        {
+            let mut clocks = self.registry.writers();
+            let current = self.registry.map.load();
+            let mut map = Map::with_capacity_and_hasher(all.len(), Default::default());
+            for (key, config) in all {
+                let entry = match current.get(key.as_str()) {
+                    Some(e) if e.config == config => e.clone(),
+                    _ => match self.build(&mut clocks, &key, config) {
+                        Ok(e) => Arc::new(e),
+                        Err(e) => {
+                            tracing::error!(prefix = %key, error = %e, "stored config is invalid; skipped");
+                            continue;
+                        }
+                    },
+                };
+                map.insert(entry.key.clone(), entry);
+            }
+            for (key, old) in current.iter() {
+                if map.get(key).is_none_or(|e| !Arc::ptr_eq(e, old)) {
+                    replaced.push(old.clone());
+                }
+            }
+            self.registry.map.store(Arc::new(map));
+        }
+        self.metrics.prefixes.set(self.registry.len() as i64);
+        for old in replaced {
+            close_later(Some(old));
+        }
+    }
+
     /// Loads every stored config into memory.
     pub async fn load(&self) -> Result<usize, AdminError> {
         let all = self.store.list_prefixes().await?;
-        let mut map = Map::default();
-        for (key, config) in all {
-            match self.build(&key, config) {
-                Ok(e) => {
-                    map.insert(e.key.clone(), Arc::new(e));
-                }
-                Err(e) => {
-                    tracing::error!(prefix = %key, error = %e, "stored config is invalid; skipped")
-                }
-            }
-        }
-        let n = map.len();
-        {
-            let _writers = self.registry.writers();
-            self.registry.map.store(Arc::new(map));
-        }
-        self.metrics.prefixes.set(n as i64);
+        let n = all.len();
+        self.sync(all.into_iter().collect());
         Ok(n)
     }
 
@@ -330,7 +354,17 @@ impl Service {
                     entry.issued.inc_by(issued.batch.count);
                     left -= issued.batch.count;
                 }
-                Err(Blocked::Wait(d)) => tokio::time::sleep(d).await,
+                Err(Blocked::Wait(d)) => {
+                    // The clock moves on its own; a clock that stands still is not ready.
+                    if waited >= RESERVATION_WAIT {
+                        return Err(IssueError::NotReady {
+                            reason: "the clock is not advancing",
+                            retry_after: Duration::from_secs(1),
+                        });
+                    }
+                    tokio::time::sleep(d).await;
+                    waited += d;
+                }
                 Err(Blocked::Ceiling) => {
                     if waited >= RESERVATION_WAIT {
                         return Err(IssueError::Storage(StoreError::Timeout(RESERVATION_WAIT)));
@@ -456,5 +490,172 @@ fn close_later(old: Option<Arc<Entry>>) {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { a.close().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::id::{Layout, LayoutSettings, Policy};
+    use crate::node::NodeSettings;
+    use crate::store::embedded::EmbeddedStore;
+    use std::collections::HashSet;
+
+    const T0: u64 = 1_763_700_000_000;
+
+    /// Collects what was issued.
+    #[derive(Default)]
+    struct Collect {
+        numbers: Vec<(String, u64, bool)>,
+    }
+
+    impl Sink for Collect {
+        fn push(&mut self, template: &Template, ctx: &RenderCtx<'_>, id: u64, degraded: bool) {
+            self.numbers
+                .push((template.render_string(ctx), id, degraded));
+        }
+    }
+
+    fn service(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> Service {
+        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let node = Arc::new(Node::new(
+            layout,
+            clock,
+            NodeSettings {
+                max_backward_wait_ms: 5,
+                on_clock_backward: Policy::Degrade,
+                on_lease_loss: Policy::Degrade,
+                reserve_window_ms: 2000,
+            },
+            metrics.clone(),
+        ));
+        let now = node.now_units();
+        node.install_grant(0, 1, 0, now + 100_000);
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        Service::new(node, store, metrics, false)
+    }
+
+    async fn take(s: &Service, key: &str, n: u64) -> Result<Vec<(String, u64, bool)>, IssueError> {
+        let mut c = Collect::default();
+        s.issue(key, n, &mut c).await?;
+        Ok(c.numbers)
+    }
+
+    #[tokio::test]
+    async fn register_issue_replace_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = service(&dir, clock.clone());
+        assert_eq!(
+            take(&s, "TEST", 1).await,
+            Err(IssueError::NotRegistered("TEST".into()))
+        );
+        s.register("TEST", br#"{"format":"TEST-{SEQ:4}","mode":"sequence"}"#)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.register("TEST", br#"{"format":"TEST-{SEQ:4}"}"#).await,
+            Err(AdminError::Exists)
+        );
+        let got: Vec<String> = take(&s, "TEST", 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.0)
+            .collect();
+        assert_eq!(got, ["TEST-0001", "TEST-0002", "TEST-0003"]);
+        assert!(matches!(
+            s.replace("TEST", br#"{"format":"T-{SEQ:4}"}"#).await,
+            Err(AdminError::ModeChange {
+                from: "sequence",
+                to: "snowflake"
+            })
+        ));
+        // Replacing with a lower initial_seq never rewinds; the tail given back is reused.
+        s.replace(
+            "TEST",
+            br#"{"format":"T-{SEQ:2}","mode":"sequence","initial_seq":0}"#,
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-04");
+        assert_eq!(s.config("TEST").await.unwrap().format, "T-{SEQ:2}");
+        assert_eq!(s.configs().await.unwrap().len(), 1);
+        s.delete("TEST").await.unwrap();
+        assert_eq!(
+            s.delete("TEST").await,
+            Err(AdminError::NotFound("TEST".into()))
+        );
+        assert!(matches!(
+            s.config("TEST").await,
+            Err(AdminError::NotFound(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.register("TEST", br#"{"format":"T-{SEQ:2}","mode":"sequence"}"#)
+            .await
+            .unwrap();
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-05");
+    }
+
+    #[tokio::test]
+    async fn a_snowflake_prefix_registered_again_never_repeats_even_with_the_clock_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = service(&dir, clock.clone());
+        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
+            .await
+            .unwrap();
+        let mut seen = HashSet::new();
+        for (_, id, _) in take(&s, "ORD", 5000).await.unwrap() {
+            assert!(seen.insert(id));
+        }
+        s.delete("ORD").await.unwrap();
+        clock.step_back(3);
+        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
+            .await
+            .unwrap();
+        for (_, id, _) in take(&s, "ORD", 3000).await.unwrap() {
+            assert!(seen.insert(id), "repeated {id}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_lead_waits_for_the_clock_and_stays_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = Arc::new(service(&dir, clock.clone()));
+        s.register("B", br#"{"format":"{SEQ:1}"}"#).await.unwrap();
+        let s2 = s.clone();
+        let task = tokio::spawn(async move { take(&s2, "B", 10_000).await });
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            clock.advance(1);
+        }
+        let got = task.await.unwrap().unwrap();
+        assert_eq!(got.len(), 10_000);
+        assert!(got.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+
+    #[tokio::test]
+    async fn sync_applies_adds_and_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = service(&dir, Arc::new(ManualClock::new(T0)));
+        let (a, _) = PrefixConfig::from_request(br#"{"format":"A{SEQ:2}"}"#).unwrap();
+        let (b, _) = PrefixConfig::from_request(br#"{"format":"B{SEQ:2}"}"#).unwrap();
+        s.sync(HashMap::from([
+            ("A".into(), a.clone()),
+            ("B".into(), b.clone()),
+        ]));
+        assert_eq!(s.registry().len(), 2);
+        let kept = s.registry().get("A").unwrap();
+        s.sync(HashMap::from([("A".into(), a)]));
+        assert_eq!(s.registry().len(), 1);
+        assert!(Arc::ptr_eq(&kept, &s.registry().get("A").unwrap()));
+        assert!(!s.registry().is_empty());
+        s.forget("A");
+        assert!(s.registry().is_empty());
     }
 }

@@ -2,11 +2,14 @@
 //! cluster mode ([`etcd`]) the registry of live nodes lives in etcd, next to the worker-ID
 //! leases.
 
+pub mod etcd;
+pub mod skew;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::node::Node;
+use crate::clock::Clock;
 use crate::store::StoreError;
 
 /// A node as `/cluster/nodes` shows it.
@@ -26,23 +29,24 @@ pub trait ClusterView: Send + Sync + 'static {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
 }
 
-/// Standalone: this node alone.
+/// Standalone: this node alone, with its configured worker ID.
 pub struct Standalone {
     pub node_id: String,
     pub addr: String,
-    pub node: Arc<Node>,
+    pub dc: u64,
+    pub worker: u64,
+    pub clock: Arc<dyn Clock>,
 }
 
 #[async_trait]
 impl ClusterView for Standalone {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let grant = self.node.grant();
         Ok(vec![NodeInfo {
             node_id: self.node_id.clone(),
-            dc_id: grant.as_ref().map_or(0, |g| g.dc),
-            worker_id: grant.map(|g| g.worker),
+            dc_id: self.dc,
+            worker_id: Some(self.worker),
             addr: self.addr.clone(),
-            heartbeat_ms: self.node.clock().now_ms(),
+            heartbeat_ms: self.clock.now_ms(),
             clock_offset_ms: 0.0,
         }])
     }

@@ -128,10 +128,13 @@ impl Template {
                             let width = match n.strip_prefix("SEQ:") {
                                 None => seq_length.ok_or(TemplateError::SeqNeedsLength { pos })?,
                                 Some(digits) => {
+                                    // Plain digits, no sign, no leading zero.
+                                    let plain = !digits.starts_with('0')
+                                        && digits.bytes().all(|b| b.is_ascii_digit());
                                     let w = digits
                                         .parse::<u8>()
                                         .ok()
-                                        .filter(|w| (1..=MAX_SEQ_WIDTH).contains(w))
+                                        .filter(|w| plain && (1..=MAX_SEQ_WIDTH).contains(w))
                                         .ok_or_else(|| TemplateError::SeqWidth {
                                             text: text.clone(),
                                             pos,
@@ -292,6 +295,8 @@ mod tests {
             ("", None, "format must not be empty"),
             ("A{SEQ:21}", None, "'{SEQ:21}' at position 2"),
             ("A{SEQ:x}", None, "'{SEQ:x}' at position 2"),
+            ("A{SEQ:+5}", None, "'{SEQ:+5}' at position 2"),
+            ("A{SEQ:05}", None, "'{SEQ:05}' at position 2"),
             ("{SEQ}", None, "'{SEQ}' at position 1 needs seq_length"),
             (
                 "{SEQ:4}-{SEQ:4}",

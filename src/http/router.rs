@@ -221,9 +221,10 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// Decodes `%XX` escapes; `None` when an escape is malformed or the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
-    if !s.contains('%') && !s.contains('+') {
+/// Decodes `%XX` escapes (and, in a query, `+` as a space); `None` when an escape is
+/// malformed or the result is not UTF-8.
+fn percent_decode(s: &str, query: bool) -> Option<Cow<'_, str>> {
+    if !(s.contains('%') || (query && s.contains('+'))) {
         return Some(Cow::Borrowed(s));
     }
     let b = s.as_bytes();
@@ -236,7 +237,7 @@ fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if query => {
                 out.push(b' ');
                 i += 1;
             }
@@ -255,11 +256,11 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Option<Cow<'a, 
         .split('&')
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v))
+        .map(|(_, v)| percent_decode(v, true))
 }
 
 fn checked_key(raw: &str) -> Result<Cow<'_, str>, ApiError> {
-    match percent_decode(raw) {
+    match percent_decode(raw, false) {
         Some(k) if valid_key(&k) => Ok(k),
         Some(k) => Err(ApiError::InvalidPrefixKey(k.into_owned())),
         None => Err(ApiError::InvalidPrefixKey(raw.to_string())),
@@ -418,7 +419,11 @@ fn authorize(state: &HttpState, parts: &Parts, peer: SocketAddr) -> Result<(), A
         .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| {
+            // The scheme is case-insensitive (RFC 9110 section 11.1).
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .map(str::trim);
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), state.admin_token.as_bytes()) => Ok(()),
@@ -589,9 +594,13 @@ mod tests {
         );
         assert_eq!(query_param(None, "count"), None);
         assert_eq!(query_param(Some("count=%zz"), "count"), Some(None));
-        assert_eq!(percent_decode("%27%3B+DROP").as_deref(), Some("'; DROP"));
-        assert_eq!(percent_decode("%e9").as_deref(), None);
-        assert_eq!(percent_decode("%4").as_deref(), None);
+        assert_eq!(
+            percent_decode("%27%3B+DROP", true).as_deref(),
+            Some("'; DROP")
+        );
+        assert_eq!(percent_decode("A+B", false).as_deref(), Some("A+B"));
+        assert_eq!(percent_decode("%e9", false).as_deref(), None);
+        assert_eq!(percent_decode("%4", false).as_deref(), None);
     }
 
     #[test]

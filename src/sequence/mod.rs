@@ -154,9 +154,8 @@ impl SeqAllocator {
         if self.strict {
             return self.take_strict(want, period).await;
         }
-        let mut taken = Taken::default();
         loop {
-            let retired = {
+            let (retired, left) = {
                 let mut st = self.lock();
                 if st.closed {
                     return Err(SeqError::Closed);
@@ -169,22 +168,29 @@ impl SeqAllocator {
                 } else {
                     None
                 };
-                self.take_from_blocks(&mut st, want, &mut taken);
-                if taken.count() == want {
+                let left: u64 = st.blocks.iter().map(Block::remaining).sum();
+                if left >= want {
+                    // Take a batch only when all of it is there: a batch refused (overflow,
+                    // store down) leaves the numbers for the next request.
+                    let mut taken = Taken::default();
+                    self.take_from_blocks(&mut st, want, &mut taken);
                     self.maybe_prefetch(&mut st);
+                    drop(st);
+                    self.retire(retired);
+                    return Ok(taken);
                 }
-                retired
+                (retired, left)
             };
-            if let Some((old, old_period)) = retired.filter(|(b, _)| !b.is_empty()) {
-                // The previous period's counter is finished here: give its tail back.
-                let me = self.clone();
-                tokio::spawn(async move { me.give_back(old, old_period.as_deref()).await });
-            }
-            if taken.count() == want {
-                return Ok(taken);
-            }
-            self.refill_now(period.as_deref(), want - taken.count())
-                .await?;
+            self.retire(retired);
+            self.refill_now(period.as_deref(), Some(want), left).await?;
+        }
+    }
+
+    /// Gives the unused tail of a finished period back, off the request path.
+    fn retire(self: &Arc<Self>, retired: Option<(VecDeque<Block>, Option<String>)>) {
+        if let Some((old, old_period)) = retired.filter(|(b, _)| !b.is_empty()) {
+            let me = self.clone();
+            tokio::spawn(async move { me.give_back(old, old_period.as_deref()).await });
         }
     }
 
@@ -225,7 +231,7 @@ impl SeqAllocator {
         let me = self.clone();
         let period = st.period.clone();
         tokio::spawn(async move {
-            let result = me.refill_now(period.as_deref(), 0).await;
+            let result = me.refill_now(period.as_deref(), None, 0).await;
             me.lock().prefetching = false;
             match result {
                 Ok(()) | Err(SeqError::Closed) => {}
@@ -236,17 +242,26 @@ impl SeqAllocator {
         });
     }
 
-    /// Reserves one block for `period` (at least `need` numbers) unless another task already
-    /// did meanwhile.
-    async fn refill_now(&self, period: Option<&str>, need: u64) -> Result<(), SeqError> {
+    /// Reserves one block for `period` unless another task already did meanwhile: for a
+    /// request of `want` numbers (`left` were there), or a prefetch (`want` is `None`).
+    async fn refill_now(
+        &self,
+        period: Option<&str>,
+        want: Option<u64>,
+        left: u64,
+    ) -> Result<(), SeqError> {
         let _one_at_a_time = self.refill.lock().await;
         let size = {
             let mut st = self.lock();
             if st.closed {
                 return Err(SeqError::Closed);
             }
-            let left: u64 = st.blocks.iter().map(Block::remaining).sum();
-            if st.period.as_deref() != period || left * 2 > st.size {
+            let now_left: u64 = st.blocks.iter().map(Block::remaining).sum();
+            let enough = match want {
+                Some(w) => now_left >= w,
+                None => now_left * 2 > st.size,
+            };
+            if st.period.as_deref() != period || enough {
                 return Ok(());
             }
             // Grow while blocks go fast, shrink back when they last.
@@ -256,7 +271,8 @@ impl SeqAllocator {
                 _ => st.size,
             };
             st.last_reserved = Some(Instant::now());
-            st.size.max(need.saturating_sub(left))
+            st.size
+                .max(want.unwrap_or(0).saturating_sub(left.min(now_left)))
         };
         let block = self
             .store
@@ -294,13 +310,20 @@ impl SeqAllocator {
         if self.lock().closed {
             return Err(SeqError::Closed);
         }
+        let counter = self.counter(period.as_deref());
         let block = self
             .store
-            .reserve_seq(&self.counter(period.as_deref()), want, self.initial)
+            .reserve_seq(&counter, want, self.initial)
             .await
             .map_err(|e| self.map_store(e))?;
         self.reserved_total.inc();
         if block.len() < want {
+            // Clamped at u64::MAX: nobody can reserve after it, so this gives it all back
+            // and a smaller request can still have those numbers.
+            let _ = self
+                .store
+                .release_seq(&counter, block.end, block.start - 1)
+                .await;
             return Err(SeqError::Overflow(self.key.to_string()));
         }
         Ok(Taken { runs: vec![block] })
@@ -401,6 +424,22 @@ mod tests {
             assert_eq!(a.take(1, T0).await, Err(SeqError::Overflow("INV".into())));
             let b = alloc(&s, &config(u64::MAX, strict, Reset::Never));
             assert!(matches!(b.take(1, T0).await, Err(SeqError::Overflow(_))));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_for_overflow_leaves_the_last_numbers() {
+        for strict in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let s = store(&dir);
+            let a = alloc(&s, &config(u64::MAX - 5, strict, Reset::Never));
+            assert!(matches!(a.take(6, T0).await, Err(SeqError::Overflow(_))));
+            let t = a.take(5, T0).await.unwrap();
+            assert_eq!(
+                t.iter().collect::<Vec<_>>(),
+                ((u64::MAX - 4)..=u64::MAX).collect::<Vec<_>>()
+            );
+            assert!(matches!(a.take(1, T0).await, Err(SeqError::Overflow(_))));
         }
     }
 

@@ -7,6 +7,7 @@
 //! [`StoreError::Timeout`], which the HTTP layer turns into `STORAGE_UNAVAILABLE`.
 
 pub mod embedded;
+pub mod etcd;
 
 use std::time::Duration;
 

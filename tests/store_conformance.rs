@@ -1,0 +1,627 @@
+//! One conformance suite for every [`Store`] backend. The cases in [`suite`] take a fresh,
+//! empty store and know nothing of the backend; the `conformance!` macro runs each of them
+//! against the embedded store (redb in a temp dir) and against the etcd store on a real etcd
+//! process (one per test, so tests stay independent and run in parallel). A few etcd-only
+//! tests follow: the key layout of SPEC section 5, corrupt values, authentication, and
+//! what a frozen, dead or restarted etcd does to calls.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, GetOptions};
+use numgen::config::EtcdConfig;
+use numgen::prefix::{Mode, PrefixConfig, Reset, UtcOffset};
+use numgen::store::embedded::EmbeddedStore;
+use numgen::store::etcd::EtcdStore;
+use numgen::store::{Store, StoreError};
+
+use common::etcd::Etcd;
+
+/// The root the suite's etcd stores use: not the default, so that nothing works by accident
+/// of `/numgen`.
+const ROOT: &str = "/conformance/numgen";
+
+fn config(format: &str, mode: Mode) -> PrefixConfig {
+    PrefixConfig {
+        format: format.to_string(),
+        seq_length: 6,
+        initial_seq: 0,
+        mode,
+        reset: Reset::Never,
+        utc_offset: UtcOffset::default(),
+        strict: false,
+    }
+}
+
+fn etcd_config(endpoint: String, root: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![endpoint],
+        root: root.to_string(),
+        username: None,
+        password: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    }
+}
+
+/// A fresh embedded store; it lives as long as the returned temp dir.
+fn embedded_store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("numgen.redb")).unwrap();
+    (Arc::new(store), dir)
+}
+
+/// A fresh etcd (`None`: not installed, test skipped) and a store connected to it.
+async fn etcd_store() -> Option<(Arc<dyn Store>, Etcd)> {
+    let etcd = start_etcd().await?;
+    let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), ROOT))
+        .await
+        .unwrap();
+    Some((Arc::new(store), etcd))
+}
+
+/// Starts etcd off the runtime's threads: the harness blocks while it waits for health.
+async fn start_etcd() -> Option<Etcd> {
+    tokio::task::spawn_blocking(Etcd::start).await.unwrap()
+}
+
+/// The behaviour every backend must have.
+mod suite {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use numgen::prefix::{Mode, Reset, UtcOffset};
+    use numgen::store::{Replaced, SeqBlock, Store, StoreError, counter_name};
+
+    use super::config;
+
+    fn block(start: u64, end: u64) -> SeqBlock {
+        SeqBlock { start, end }
+    }
+
+    pub async fn create_twice(s: Arc<dyn Store>) {
+        let first = config("INV-{SEQ:6}", Mode::Sequence);
+        let second = config("OTHER-{SEQ:6}", Mode::Sequence);
+        assert_eq!(s.get_prefix("INV").await.unwrap(), None);
+        assert!(s.create_prefix("INV", &first).await.unwrap());
+        assert!(!s.create_prefix("INV", &second).await.unwrap());
+        // The loser changed nothing.
+        assert_eq!(s.get_prefix("INV").await.unwrap(), Some(first));
+    }
+
+    pub async fn replace(s: Arc<dyn Store>) {
+        let first = config("ORDER-{SEQ:6}", Mode::Snowflake);
+        assert_eq!(
+            s.replace_prefix("ORDER", &first).await.unwrap(),
+            Replaced::Created
+        );
+        assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(first));
+
+        // Every field survives the round trip.
+        let second = super::PrefixConfig {
+            format: "ORD-{year}-{SEQ:8}".into(),
+            seq_length: 8,
+            initial_seq: 1000,
+            mode: Mode::Snowflake,
+            reset: Reset::Monthly,
+            utc_offset: UtcOffset::parse("+08:00").unwrap(),
+            strict: true,
+        };
+        assert_eq!(
+            s.replace_prefix("ORDER", &second).await.unwrap(),
+            Replaced::Replaced
+        );
+        assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(second.clone()));
+
+        // A change of mode is refused and writes nothing.
+        let other_mode = config("ORD-{SEQ:8}", Mode::Sequence);
+        assert_eq!(
+            s.replace_prefix("ORDER", &other_mode).await.unwrap(),
+            Replaced::ModeChange(Mode::Snowflake)
+        );
+        assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(second));
+
+        // Once deleted, the key may come back in any mode.
+        assert!(s.delete_prefix("ORDER").await.unwrap());
+        assert_eq!(
+            s.replace_prefix("ORDER", &other_mode).await.unwrap(),
+            Replaced::Created
+        );
+        assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(other_mode));
+    }
+
+    pub async fn delete_keeps_counters(s: Arc<dyn Store>) {
+        let period = counter_name("INV", Some("2025"));
+        assert!(!s.delete_prefix("INV").await.unwrap());
+        assert!(
+            s.create_prefix("INV", &config("INV-{SEQ:6}", Mode::Sequence))
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.reserve_seq("INV", 10, 0).await.unwrap(), block(1, 10));
+        assert_eq!(s.reserve_seq(&period, 5, 0).await.unwrap(), block(1, 5));
+
+        assert!(s.delete_prefix("INV").await.unwrap());
+        assert_eq!(s.get_prefix("INV").await.unwrap(), None);
+        assert!(!s.delete_prefix("INV").await.unwrap());
+
+        // Counters outlive their config, so registering the key again repeats nothing.
+        assert_eq!(s.get_seq("INV").await.unwrap(), Some(10));
+        assert_eq!(s.get_seq(&period).await.unwrap(), Some(5));
+        assert!(
+            s.create_prefix("INV", &config("INV-{SEQ:6}", Mode::Sequence))
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.reserve_seq("INV", 10, 0).await.unwrap(), block(11, 20));
+    }
+
+    pub async fn list(s: Arc<dyn Store>) {
+        assert_eq!(s.list_prefixes().await.unwrap(), vec![]);
+        let mut want = vec![
+            ("b".to_string(), config("B-{SEQ:6}", Mode::Sequence)),
+            ("A".to_string(), config("A-{SEQ:6}", Mode::Snowflake)),
+            ("c.1-x_y".to_string(), config("C-{SEQ:6}", Mode::Snowflake)),
+        ];
+        for (key, cfg) in &want {
+            assert!(s.create_prefix(key, cfg).await.unwrap());
+        }
+        // Counters and high timestamps are not prefixes.
+        s.reserve_seq("b", 1, 0).await.unwrap();
+        s.reserve_seq(&counter_name("b", Some("2025")), 1, 0)
+            .await
+            .unwrap();
+        s.store_hwm(0, 0, 1).await.unwrap();
+        s.check_layout("layout").await.unwrap();
+
+        let mut got = s.list_prefixes().await.unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        want.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got, want);
+
+        assert!(s.delete_prefix("b").await.unwrap());
+        let mut got = s.list_prefixes().await.unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        want.retain(|(k, _)| k != "b");
+        assert_eq!(got, want);
+    }
+
+    pub async fn reserve_from_initial(s: Arc<dyn Store>) {
+        assert_eq!(s.get_seq("N").await.unwrap(), None);
+        // A new counter starts after `initial`.
+        assert_eq!(s.reserve_seq("N", 10, 0).await.unwrap(), block(1, 10));
+        assert_eq!(s.get_seq("N").await.unwrap(), Some(10));
+        assert_eq!(s.reserve_seq("N", 10, 0).await.unwrap(), block(11, 20));
+        // A higher `initial` (the config was replaced) jumps the counter up to it...
+        assert_eq!(
+            s.reserve_seq("N", 5, 1000).await.unwrap(),
+            block(1001, 1005)
+        );
+        // ...and a lower one never winds it back.
+        assert_eq!(s.reserve_seq("N", 5, 3).await.unwrap(), block(1006, 1010));
+        // Size 0 still reserves one number.
+        assert_eq!(s.reserve_seq("N", 0, 0).await.unwrap(), block(1011, 1011));
+        assert_eq!(s.get_seq("N").await.unwrap(), Some(1011));
+
+        assert_eq!(
+            s.reserve_seq("FRESH", 1, 1000).await.unwrap(),
+            block(1001, 1001)
+        );
+        assert_eq!(
+            s.reserve_seq("FRESH", 1, 1000).await.unwrap(),
+            block(1002, 1002)
+        );
+
+        // Each period is its own counter.
+        let jan = counter_name("N", Some("2025-01"));
+        let feb = counter_name("N", Some("2025-02"));
+        assert_eq!(s.reserve_seq(&jan, 3, 0).await.unwrap(), block(1, 3));
+        assert_eq!(s.reserve_seq(&feb, 3, 100).await.unwrap(), block(101, 103));
+        assert_eq!(s.reserve_seq(&jan, 3, 0).await.unwrap(), block(4, 6));
+        assert_eq!(s.get_seq("N").await.unwrap(), Some(1011));
+    }
+
+    pub async fn overflow(s: Arc<dyn Store>) {
+        // The last block is cut short at u64::MAX...
+        assert_eq!(
+            s.reserve_seq("BIG", 10, u64::MAX - 5).await.unwrap(),
+            block(u64::MAX - 4, u64::MAX)
+        );
+        assert_eq!(s.get_seq("BIG").await.unwrap(), Some(u64::MAX));
+        // ...and after it there is nothing left, with nothing written.
+        assert_eq!(
+            s.reserve_seq("BIG", 1, 0).await,
+            Err(StoreError::Overflow("BIG".into()))
+        );
+        assert_eq!(s.get_seq("BIG").await.unwrap(), Some(u64::MAX));
+
+        let edge = counter_name("EDGE", Some("2025"));
+        assert_eq!(
+            s.reserve_seq(&edge, 1000, u64::MAX - 1).await.unwrap(),
+            block(u64::MAX, u64::MAX)
+        );
+        assert_eq!(
+            s.reserve_seq(&edge, 1000, 0).await,
+            Err(StoreError::Overflow(edge.clone()))
+        );
+        // A counter that starts at the top has nothing to give at all.
+        assert_eq!(
+            s.reserve_seq("TOP", 1, u64::MAX).await,
+            Err(StoreError::Overflow("TOP".into()))
+        );
+        assert_eq!(s.get_seq("TOP").await.unwrap(), None);
+    }
+
+    pub async fn release(s: Arc<dyn Store>) {
+        let first = s.reserve_seq("REL", 100, 0).await.unwrap();
+        assert_eq!(first, block(1, 100));
+        // Nobody reserved after us: the unused tail goes back...
+        assert!(s.release_seq("REL", first.end, 40).await.unwrap());
+        assert_eq!(s.get_seq("REL").await.unwrap(), Some(40));
+        // ...and is handed out again.
+        let mine = s.reserve_seq("REL", 100, 0).await.unwrap();
+        assert_eq!(mine, block(41, 140));
+
+        // Someone reserved after us: nothing goes back.
+        let theirs = s.reserve_seq("REL", 100, 0).await.unwrap();
+        assert_eq!(theirs, block(141, 240));
+        assert!(!s.release_seq("REL", mine.end, 60).await.unwrap());
+        assert_eq!(s.get_seq("REL").await.unwrap(), Some(240));
+
+        // Never upward.
+        assert!(
+            !s.release_seq("REL", theirs.end, theirs.end + 1)
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.get_seq("REL").await.unwrap(), Some(240));
+
+        // A counter nobody reserved from has nothing to release, and is not created.
+        assert!(!s.release_seq("NEVER", 10, 0).await.unwrap());
+        assert_eq!(s.get_seq("NEVER").await.unwrap(), None);
+
+        // Releasing everything (back to the start) works too.
+        assert!(s.release_seq("REL", theirs.end, 140).await.unwrap());
+        assert_eq!(s.reserve_seq("REL", 1, 0).await.unwrap(), block(141, 141));
+    }
+
+    pub async fn high_timestamps(s: Arc<dyn Store>) {
+        assert_eq!(s.load_hwm(0, 0).await.unwrap(), None);
+        s.store_hwm(0, 0, 1_763_700_000_000).await.unwrap();
+        s.store_hwm(1, 0, 2).await.unwrap();
+        s.store_hwm(0, 1, 3).await.unwrap();
+        s.store_hwm(7, 63, u64::MAX).await.unwrap();
+        assert_eq!(s.load_hwm(0, 0).await.unwrap(), Some(1_763_700_000_000));
+        assert_eq!(s.load_hwm(1, 0).await.unwrap(), Some(2));
+        assert_eq!(s.load_hwm(0, 1).await.unwrap(), Some(3));
+        assert_eq!(s.load_hwm(7, 63).await.unwrap(), Some(u64::MAX));
+        assert_eq!(s.load_hwm(1, 1).await.unwrap(), None);
+        // A plain overwrite.
+        s.store_hwm(0, 0, 1_763_700_005_000).await.unwrap();
+        assert_eq!(s.load_hwm(0, 0).await.unwrap(), Some(1_763_700_005_000));
+    }
+
+    pub async fn layout(s: Arc<dyn Store>) {
+        let ours = "epoch=1704067200000;unit=1;ts=41;dc=3;worker=6;seq=12";
+        let other = "epoch=1704067200000;unit=1;ts=40;dc=3;worker=7;seq=12";
+        s.check_layout(ours).await.unwrap();
+        s.check_layout(ours).await.unwrap();
+        assert_eq!(
+            s.check_layout(other).await,
+            Err(StoreError::LayoutMismatch {
+                stored: ours.into(),
+                ours: other.into(),
+            })
+        );
+        // The mismatch did not overwrite anything.
+        s.check_layout(ours).await.unwrap();
+    }
+
+    /// Many callers on one counter: every number handed out once, each caller's blocks
+    /// increasing, and (with nothing released) no gap either.
+    pub async fn concurrent_reservations(s: Arc<dyn Store>) {
+        const TASKS: u64 = 8;
+        const PER_TASK: u64 = 200;
+        const SIZE: u64 = 5;
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..TASKS {
+            let s = s.clone();
+            tasks.spawn(async move {
+                let mut blocks = Vec::new();
+                for _ in 0..PER_TASK {
+                    blocks.push(s.reserve_seq("HOT", SIZE, 0).await.unwrap());
+                }
+                blocks
+            });
+        }
+        let mut seen = HashSet::new();
+        while let Some(blocks) = tasks.join_next().await {
+            let blocks = blocks.unwrap();
+            assert_eq!(blocks.len() as u64, PER_TASK);
+            for pair in blocks.windows(2) {
+                assert!(pair[0].end < pair[1].start, "not increasing: {pair:?}");
+            }
+            for b in blocks {
+                assert_eq!(b.len(), SIZE);
+                for n in b.start..=b.end {
+                    assert!(seen.insert(n), "{n} handed out twice");
+                }
+            }
+        }
+        let total = TASKS * PER_TASK * SIZE;
+        assert_eq!(seen, (1..=total).collect::<HashSet<u64>>());
+        assert_eq!(s.get_seq("HOT").await.unwrap(), Some(total));
+    }
+}
+
+/// Runs each named case of [`suite`] against both backends.
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let (store, _dir) = super::embedded_store();
+                    super::suite::$case(store).await;
+                }
+            )*
+        }
+
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some((store, _etcd)) = super::etcd_store().await else {
+                        return;
+                    };
+                    super::suite::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    create_twice,
+    replace,
+    delete_keeps_counters,
+    list,
+    reserve_from_initial,
+    overflow,
+    release,
+    high_timestamps,
+    layout,
+    concurrent_reservations,
+);
+
+/// Every key the etcd store writes, with its value, under `prefix`.
+async fn dump(client: &mut Client, prefix: &str) -> Vec<(String, String)> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Retries `f` until it succeeds, for at most `within`.
+async fn eventually<T, F, Fut>(within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("still failing after {within:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn etcd_keys_follow_the_spec_layout() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), "/t/numgen"))
+        .await
+        .unwrap();
+    assert_eq!(store.root(), "/t/numgen");
+    assert_eq!(store.key("layout"), "/t/numgen/layout");
+
+    let cfg = config("ORDER-{SEQ:6}", Mode::Sequence);
+    assert!(store.create_prefix("ORDER", &cfg).await.unwrap());
+    store.reserve_seq("ORDER", 10, 0).await.unwrap();
+    store.reserve_seq("ORDER/2025", 5, 0).await.unwrap();
+    store.store_hwm(1, 7, 1_763_700_000_000).await.unwrap();
+    store.check_layout("L1").await.unwrap();
+
+    let mut client = store.client();
+    let json = serde_json::to_string(&cfg).unwrap();
+    assert_eq!(
+        dump(&mut client, "/t/").await,
+        vec![
+            ("/t/numgen/hwm/1/7".into(), "1763700000000".into()),
+            ("/t/numgen/layout".into(), "L1".into()),
+            ("/t/numgen/prefixes/ORDER".into(), json),
+            ("/t/numgen/seq/ORDER".into(), "10".into()),
+            ("/t/numgen/seq/ORDER/2025".into(), "5".into()),
+        ]
+    );
+
+    // Only direct children of prefixes/ are configs; a neighbouring root sees nothing.
+    client
+        .put("/t/numgen/prefixes/ORDER/extra", "not a config", None)
+        .await
+        .unwrap();
+    client
+        .put("/t/numgen/prefixesX", "not a config", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_prefixes().await.unwrap(),
+        vec![("ORDER".to_string(), cfg)]
+    );
+    let neighbour = EtcdStore::from_client(store.client(), "/t/numgen2");
+    assert_eq!(neighbour.list_prefixes().await.unwrap(), vec![]);
+    assert_eq!(neighbour.get_seq("ORDER").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn etcd_corrupt_values_are_reported() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), ROOT))
+        .await
+        .unwrap();
+    let mut client = store.client();
+    client
+        .put(store.key("seq/BAD"), "twelve", None)
+        .await
+        .unwrap();
+    client.put(store.key("hwm/0/0"), "-1", None).await.unwrap();
+    client
+        .put(store.key("prefixes/BAD"), "{", None)
+        .await
+        .unwrap();
+
+    let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt { .. }));
+    assert!(corrupt(store.get_seq("BAD").await.map(|_| ())));
+    assert!(corrupt(store.reserve_seq("BAD", 1, 0).await.map(|_| ())));
+    assert!(corrupt(store.load_hwm(0, 0).await.map(|_| ())));
+    assert!(corrupt(store.get_prefix("BAD").await.map(|_| ())));
+    assert!(corrupt(store.list_prefixes().await.map(|_| ())));
+    let cfg = config("BAD-{SEQ:6}", Mode::Sequence);
+    assert!(corrupt(store.replace_prefix("BAD", &cfg).await.map(|_| ())));
+    // Nothing was overwritten on the way.
+    assert_eq!(
+        dump(&mut client, &store.key("seq/BAD")).await[0].1,
+        "twelve"
+    );
+}
+
+#[tokio::test]
+async fn etcd_authentication_uses_the_configured_user() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let mut admin = Client::connect([etcd.endpoint()], None).await.unwrap();
+    admin.user_add("root", "s3cret", None).await.unwrap();
+    admin.user_grant_role("root", "root").await.unwrap();
+    admin.auth_enable().await.unwrap();
+
+    let mut cfg = etcd_config(etcd.endpoint(), ROOT);
+    cfg.username = Some("root".into());
+    cfg.password = Some("s3cret".into());
+    let store = EtcdStore::connect(&cfg).await.unwrap();
+    assert_eq!(store.reserve_seq("A", 1, 0).await.unwrap().start, 1);
+
+    cfg.password = Some("wrong".into());
+    let err = EtcdStore::connect(&cfg).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(!err.to_string().contains("wrong"), "{err}");
+
+    // Without credentials, calls are refused rather than served.
+    let anonymous = EtcdStore::connect(&etcd_config(etcd.endpoint(), ROOT))
+        .await
+        .unwrap();
+    assert!(matches!(
+        anonymous.get_seq("A").await,
+        Err(StoreError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
+async fn etcd_paused_calls_time_out_and_recover_on_resume() {
+    let Some(etcd) = start_etcd().await else {
+        return;
+    };
+    let limit = Duration::from_millis(500);
+    let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), ROOT))
+        .await
+        .unwrap()
+        .with_timeout(limit);
+    let before = store.reserve_seq("P", 10, 0).await.unwrap();
+
+    etcd.pause();
+    let started = Instant::now();
+    assert_eq!(store.get_seq("P").await, Err(StoreError::Timeout(limit)));
+    assert_eq!(
+        store.reserve_seq("P", 10, 0).await,
+        Err(StoreError::Timeout(limit))
+    );
+    assert_eq!(
+        store.check_layout("L").await,
+        Err(StoreError::Timeout(limit))
+    );
+    let took = started.elapsed();
+    assert!(took < limit * 3 + Duration::from_millis(500), "{took:?}");
+
+    etcd.resume();
+    let after = eventually(Duration::from_secs(5), || store.reserve_seq("P", 10, 0)).await;
+    // A call that timed out may still have been applied (a gap), never a repeat.
+    assert!(after.start > before.end, "{before:?} then {after:?}");
+    store.check_layout("L").await.unwrap();
+}
+
+#[tokio::test]
+async fn etcd_unreachable_fails_fast() {
+    // A loopback port with nothing behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let limit = Duration::from_millis(500);
+    let store = EtcdStore::connect(&etcd_config(format!("http://127.0.0.1:{port}"), ROOT))
+        .await
+        .unwrap()
+        .with_timeout(limit);
+    let started = Instant::now();
+    let err = store.get_seq("X").await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Timeout(_) | StoreError::Unavailable(_)),
+        "{err}"
+    );
+    assert!(started.elapsed() < limit * 2, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn etcd_restart_keeps_data_and_the_store_reconnects() {
+    let Some(mut etcd) = start_etcd().await else {
+        return;
+    };
+    let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), ROOT))
+        .await
+        .unwrap()
+        .with_timeout(Duration::from_millis(500));
+    let before = store.reserve_seq("R", 10, 0).await.unwrap();
+    let pid = etcd.pid();
+
+    etcd = tokio::task::spawn_blocking(move || {
+        etcd.restart();
+        etcd
+    })
+    .await
+    .unwrap();
+    assert_ne!(etcd.pid(), pid);
+
+    let after = eventually(Duration::from_secs(5), || store.reserve_seq("R", 10, 0)).await;
+    assert_eq!(after.start, before.end + 1);
+}
