@@ -37,8 +37,6 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `numgen_prefixes`: registered prefix configs.
     pub prefixes: IntGauge,
-    /// `numgen_store_errors_total{op}`
-    pub store_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -88,13 +86,6 @@ impl Metrics {
             &["route"],
         )?;
         let prefixes = IntGauge::new("numgen_prefixes", "Registered prefix configs")?;
-        let store_errors = IntCounterVec::new(
-            Opts::new(
-                "numgen_store_errors_total",
-                "Failed or timed-out store calls",
-            ),
-            &["op"],
-        )?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
         registry.register(Box::new(clock_offset_ms.clone()))?;
@@ -105,7 +96,6 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(prefixes.clone()))?;
-        registry.register(Box::new(store_errors.clone()))?;
         worker_id.set(-1);
         for reason in DegradeReason::ALL {
             degraded.with_label_values(&[reason.as_str()]);
@@ -122,7 +112,6 @@ impl Metrics {
             http_requests,
             http_duration,
             prefixes,
-            store_errors,
         })
     }
 

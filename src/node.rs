@@ -276,6 +276,10 @@ impl Node {
                 reason: "the clock is behind this prefix's last timestamp",
                 retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
             }),
+            Err(NextError::Ceiling) if flags & LEASE_LOST != 0 => Err(Blocked::NotReady {
+                reason: "the worker lease is lost and its reserved timestamps are used up",
+                retry_after: Duration::from_secs(1),
+            }),
             Err(NextError::Ceiling) => {
                 self.renew_wanted.notify_one();
                 Err(Blocked::Ceiling)
@@ -601,7 +605,7 @@ mod tests {
                     assert!(n.layout().decompose(last).unwrap().timestamp <= ceiling);
                     total += i.batch.count;
                 }
-                Err(Blocked::Ceiling) => break,
+                Err(Blocked::NotReady { .. }) => break,
                 Err(other) => panic!("{other:?}"),
             }
         }
