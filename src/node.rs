@@ -261,6 +261,12 @@ impl Node {
             Ok(batch) => {
                 if let Some(reason) = batch.degraded {
                     self.degraded[reason_index(reason)].inc_by(batch.count);
+                    // A logical clock ahead of the wall clock: the episode lasts until the
+                    // wall clock passes what was issued, not only what was read.
+                    let last = self.generator.timestamp_of(batch.first + batch.count - 1);
+                    if reason.logical_clock() && last > reading.now {
+                        self.guard.raise_to(last);
+                    }
                 }
                 Ok(Issued {
                     batch,
@@ -565,6 +571,39 @@ mod tests {
                 assert!(n.readiness().is_ready());
             }
         }
+    }
+
+    #[test]
+    fn a_backward_episode_lasts_until_the_clock_passes_the_last_number_issued() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = granted(&clock, Policy::Degrade, Policy::Degrade);
+        let p = PrefixClock::new();
+        let first = n.try_issue(&p, 1).unwrap();
+        clock.step_back(10_000);
+        // 100,000 numbers from the logical clock: about 25 units past the last reading.
+        let mut last = id_of(&n, &first, 0);
+        let mut issued = 0;
+        while issued < 100_000 {
+            let i = n.try_issue(&p, 100_000 - issued).unwrap();
+            assert_eq!(i.batch.degraded, Some(DegradeReason::ClockBackward));
+            assert!(id_of(&n, &i, 0) > last);
+            last = id_of(&n, &i, i.batch.count - 1);
+            issued += i.batch.count;
+        }
+        let last_ts = n.layout().decompose(last).unwrap().timestamp;
+        // The wall clock passes the old reading but not the numbers issued: still degraded.
+        clock.advance(10_001);
+        assert_eq!(n.readiness().status, "degraded");
+        let i = n.try_issue(&p, 1).unwrap();
+        assert_eq!(i.batch.degraded, Some(DegradeReason::ClockBackward));
+        assert!(id_of(&n, &i, 0) > last);
+        last = id_of(&n, &i, 0);
+        // Past them: normal and ready.
+        clock.set(n.layout().unix_ms_at(last_ts) + 2);
+        assert!(n.readiness().is_ready());
+        let j = n.try_issue(&p, 1).unwrap();
+        assert_eq!(j.batch.degraded, None);
+        assert!(id_of(&n, &j, 0) > last);
     }
 
     #[test]

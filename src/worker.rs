@@ -250,9 +250,9 @@ mod tests {
         assert!(n.grant().unwrap().ceiling() >= want);
         assert!(store.load_hwm(0, 0).await.unwrap().unwrap() >= T0 + 3500);
 
-        // A degraded logical clock runs into the ceiling: it is extended on demand.
-        n.set_lease_lost(false);
-        n.set_clock_skew(true, 2000.0);
+        // A logical clock (the wall clock stepped back) runs into the ceiling: it is
+        // extended on demand.
+        clock.step_back(10_000);
         let p = PrefixClock::new();
         let mut issued = 0u64;
         let mut ceilings = 0;

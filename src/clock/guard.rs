@@ -112,10 +112,12 @@ impl ClockGuard {
     }
 }
 
-/// Notices the wall clock moving forward faster than the monotonic clock between ticks.
+/// Notices the wall clock moving forward faster than the monotonic clock between ticks,
+/// beyond the highest reading before: a clock put right after a step back is not a jump.
 #[derive(Debug)]
 pub struct ForwardJumps {
     threshold_ms: u64,
+    /// (highest wall reading so far, monotonic reading of the previous call)
     last: Option<(u64, u64)>,
 }
 
@@ -130,13 +132,13 @@ impl ForwardJumps {
     /// Takes a wall reading and a monotonic reading (both ms); returns the size of a forward
     /// jump beyond the threshold since the previous call.
     pub fn check(&mut self, wall_ms: u64, mono_ms: u64) -> Option<u64> {
-        let jump = self.last.and_then(|(wall0, mono0)| {
-            let wall_moved = wall_ms.saturating_sub(wall0);
-            let mono_moved = mono_ms.saturating_sub(mono0);
-            let extra = wall_moved.saturating_sub(mono_moved);
+        let jump = self.last.and_then(|(high, mono0)| {
+            let expected = high.saturating_add(mono_ms.saturating_sub(mono0));
+            let extra = wall_ms.saturating_sub(expected);
             (extra > self.threshold_ms).then_some(extra)
         });
-        self.last = Some((wall_ms, mono_ms));
+        let high = self.last.map_or(wall_ms, |(h, _)| h.max(wall_ms));
+        self.last = Some((high, mono_ms));
         jump
     }
 }
@@ -222,7 +224,10 @@ mod tests {
         assert_eq!(f.check(10_100, 100), None);
         // Wall moved 5100 ms while 100 ms passed.
         assert_eq!(f.check(15_200, 200), Some(5_000));
-        // A step back is not a forward jump.
-        assert_eq!(f.check(1_000, 300), None);
+        // A step back is not a forward jump, nor is putting it right again.
+        assert_eq!(f.check(5_300, 300), None);
+        assert_eq!(f.check(15_400, 400), None);
+        // But a jump past the highest reading is.
+        assert_eq!(f.check(25_500, 500), Some(10_000));
     }
 }

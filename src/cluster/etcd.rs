@@ -535,7 +535,10 @@ pub async fn watch_skew(
                 offsets.push(sample.offset_ms);
             }
         }
-        let offset = skew::node_offset(&offsets).unwrap_or(0.0);
+        // Fewer than two peers answered: no judgement, keep what was measured last.
+        let Some(offset) = skew::node_offset(&offsets) else {
+            continue;
+        };
         cluster.offset_ms.store(offset.to_bits(), Ordering::Relaxed);
         metrics.clock_offset_ms.set(offset);
         node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);

@@ -37,6 +37,16 @@ impl DegradeReason {
         DegradeReason::LeaseLost,
     ];
 
+    /// True when numbers of this kind come from a logical clock that does not follow the
+    /// wall clock (it stands still, or is behind): they may use the reservation up to its
+    /// ceiling rather than one unit of lead.
+    pub fn logical_clock(self) -> bool {
+        matches!(
+            self,
+            DegradeReason::ClockBackward | DegradeReason::LeaseLost
+        )
+    }
+
     /// The `reason` label of `numgen_degraded_total` and the word in `/ready`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,6 +135,11 @@ impl Generator {
         }
     }
 
+    /// The timestamp of a packed value.
+    pub fn timestamp_of(&self, packed: u64) -> u64 {
+        packed >> self.sequence_bits
+    }
+
     /// Issues up to `want` numbers (at least one) from `clock`. A batch may come back short
     /// when the lead or the ceiling is reached; ask again for the rest.
     #[inline]
@@ -175,8 +190,8 @@ impl Generator {
         }
 
         let limit_ts = match degraded {
-            Some(_) => b.ceiling,
-            None => b.ceiling.min(now + LEAD_UNITS),
+            Some(r) if r.logical_clock() => b.ceiling,
+            _ => b.ceiling.min(now + LEAD_UNITS),
         }
         .min(self.max_timestamp);
         let limit = (limit_ts << s) | ((1 << s) - 1);
@@ -348,6 +363,18 @@ mod tests {
     }
 
     #[test]
+    fn skew_degraded_numbers_still_follow_the_clock() {
+        let (_, g) = generator();
+        let c = PrefixClock::new();
+        let skewed = Bounds {
+            degraded: Some(DegradeReason::ClockSkew),
+            ..bounds(100)
+        };
+        assert_eq!(g.next(&c, 100_000, &skewed).unwrap().count, 8192);
+        assert_eq!(g.next(&c, 1, &skewed), Err(NextError::Wait { until: 101 }));
+    }
+
+    #[test]
     fn a_prefix_far_ahead_of_the_clock_degrades_or_rejects_by_policy() {
         let (_, g) = generator();
         let c = PrefixClock::new();
@@ -471,7 +498,7 @@ mod tests {
                         prop_assert!(batch.count >= 1 && batch.count <= st.want);
                         prop_assert!(((batch.first + batch.count - 1) >> 12) <= 45);
                         prop_assert!((batch.first >> 12) > 3);
-                        if batch.degraded.is_none() {
+                        if !batch.degraded.is_some_and(DegradeReason::logical_clock) {
                             prop_assert!(((batch.first + batch.count - 1) >> 12) <= st.now + LEAD_UNITS);
                         }
                         for p in batch.first..batch.first + batch.count {
