@@ -173,8 +173,9 @@ impl Node {
 
     /// Reads the clock into the guard and handles an episode starting or ending.
     pub fn observe(&self) -> crate::clock::Reading {
-        let wall = self.layout.units_at(self.clock.now_ms());
-        let (reading, change) = self.guard.observe(wall);
+        let (reading, change) = self
+            .guard
+            .observe_with(|| self.layout.units_at(self.clock.now_ms()));
         match change {
             Some(GuardChange::Started { behind, until }) => {
                 let ms = behind * self.layout.time_unit_ms();
@@ -226,38 +227,49 @@ impl Node {
                 retry_after: Duration::from_secs(1),
             });
         }
-        let reading = self.observe();
-        let mut now = reading.now;
-        let mut degraded = None;
-        if flags & LEASE_LOST != 0 {
-            if self.settings.on_lease_loss == Policy::Reject {
-                return Err(Blocked::NotReady {
-                    reason: "the worker lease is lost",
-                    retry_after: Duration::from_secs(1),
-                });
+        let mut reading = None;
+        let bounds = || {
+            let r = self.observe();
+            reading = Some(r);
+            let mut now = r.now;
+            let mut degraded = None;
+            if flags & LEASE_LOST != 0 {
+                if self.settings.on_lease_loss == Policy::Reject {
+                    return Err(Blocked::NotReady {
+                        reason: "the worker lease is lost",
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                degraded = Some(DegradeReason::LeaseLost);
+                now = now.min(self.freeze.load(Ordering::Acquire));
+            } else if let Some(until) = r.backward_until {
+                if self.settings.on_clock_backward == Policy::Reject {
+                    return Err(Blocked::NotReady {
+                        reason: "the clock stepped back",
+                        retry_after: self.units_to_duration(until.saturating_sub(r.wall)),
+                    });
+                }
+                degraded = Some(DegradeReason::ClockBackward);
+            } else if flags & CLOCK_SKEW != 0 {
+                degraded = Some(DegradeReason::ClockSkew);
             }
-            degraded = Some(DegradeReason::LeaseLost);
-            now = now.min(self.freeze.load(Ordering::Acquire));
-        } else if let Some(until) = reading.backward_until {
-            if self.settings.on_clock_backward == Policy::Reject {
-                return Err(Blocked::NotReady {
-                    reason: "the clock stepped back",
-                    retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
-                });
-            }
-            degraded = Some(DegradeReason::ClockBackward);
-        } else if flags & CLOCK_SKEW != 0 {
-            degraded = Some(DegradeReason::ClockSkew);
-        }
-        let bounds = Bounds {
-            now,
-            floor: grant.floor,
-            ceiling: grant.ceiling(),
-            degraded,
-            max_wait: self.max_wait_units,
-            on_ahead: self.settings.on_clock_backward,
+            Ok(Bounds {
+                now,
+                floor: grant.floor,
+                ceiling: grant.ceiling(),
+                degraded,
+                max_wait: self.max_wait_units,
+                on_ahead: self.settings.on_clock_backward,
+            })
         };
-        match self.generator.next(prefix, want, &bounds) {
+        let result = self.generator.next_with(prefix, want, bounds)?;
+        // The closure ran at least once before any outcome.
+        let reading = reading.unwrap_or(crate::clock::Reading {
+            now: 0,
+            wall: 0,
+            backward_until: None,
+        });
+        match result {
             Ok(batch) => {
                 if let Some(reason) = batch.degraded {
                     self.degraded[reason_index(reason)].inc_by(batch.count);

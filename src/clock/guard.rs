@@ -58,10 +58,20 @@ impl ClockGuard {
         self.max_seen.load(Ordering::Acquire)
     }
 
-    /// Folds the wall-clock reading `wall` into the node's time.
-    #[inline]
+    /// Folds the wall-clock reading `wall` into the node's time. Only for a reading taken
+    /// with no other thread observing meanwhile; see [`ClockGuard::observe_with`].
     pub fn observe(&self, wall: u64) -> (Reading, Option<GuardChange>) {
+        self.observe_with(|| wall)
+    }
+
+    /// Reads the clock with `read` and folds the reading into the node's time. The highest
+    /// reading is loaded *before* the clock is read: every reading in it was taken earlier,
+    /// so a thread paused between its own read and this comparison cannot mistake other
+    /// threads' later readings for a step back.
+    #[inline]
+    pub fn observe_with(&self, read: impl FnOnce() -> u64) -> (Reading, Option<GuardChange>) {
         let seen = self.max_seen.load(Ordering::Acquire);
+        let wall = read();
         if wall >= seen {
             if wall > seen {
                 self.max_seen.fetch_max(wall, Ordering::AcqRel);
@@ -203,6 +213,19 @@ mod tests {
             assert_eq!(g.observe(wall).0.backward_until, Some(50_000));
         }
         assert_eq!(g.observe(50_001).1, Some(GuardChange::Ended));
+    }
+
+    #[test]
+    fn a_reading_taken_before_other_threads_raised_the_time_is_not_a_step_back() {
+        let g = ClockGuard::new(5);
+        g.observe(1000);
+        // This thread's reading (1000) comes after the load; meanwhile another thread
+        // observed 1050. Had the load come after the read, 1000 < 1050 - 5 would be an episode.
+        let (r, c) = g.observe_with(|| {
+            g.observe(1050);
+            1000
+        });
+        assert_eq!((r.backward_until, c), (None, None));
     }
 
     #[test]

@@ -77,7 +77,8 @@ pub struct Bounds {
     pub ceiling: u64,
     /// Set when every number must carry the degraded bit.
     pub degraded: Option<DegradeReason>,
-    /// How far ahead of `now` a prefix may be for the caller to wait rather than degrade.
+    /// How far (beyond the lead and one unit) a prefix may be ahead of `now` for the caller
+    /// to wait rather than degrade.
     pub max_wait: u64,
     pub on_ahead: Policy,
 }
@@ -144,15 +145,37 @@ impl Generator {
     /// when the lead or the ceiling is reached; ask again for the rest.
     #[inline]
     pub fn next(&self, clock: &PrefixClock, want: u64, b: &Bounds) -> Result<Batch, NextError> {
-        let mut old = clock.state.load(Ordering::Acquire);
+        match self.next_with(clock, want, || Ok::<_, std::convert::Infallible>(*b)) {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`Generator::next`], with the bounds computed by `bounds` (which reads the clock)
+    /// *after* the prefix state is loaded, again on every retry. A state loaded first only
+    /// holds timestamps from clock readings taken before, so a thread paused between its
+    /// clock reading and the state load cannot see other threads' later numbers as a prefix
+    /// far ahead of the clock.
+    #[inline]
+    pub fn next_with<E>(
+        &self,
+        clock: &PrefixClock,
+        want: u64,
+        mut bounds: impl FnMut() -> Result<Bounds, E>,
+    ) -> Result<Result<Batch, NextError>, E> {
         loop {
-            let (new, batch) = self.plan(old, want, b)?;
-            match clock
+            let old = clock.state.load(Ordering::Acquire);
+            let b = bounds()?;
+            let (new, batch) = match self.plan(old, want, &b) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            if clock
                 .state
-                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
             {
-                Ok(_) => return Ok(batch),
-                Err(current) => old = current,
+                return Ok(Ok(batch));
             }
         }
     }
@@ -176,7 +199,8 @@ impl Generator {
             let start_ts = start >> s;
             if start_ts > now + LEAD_UNITS {
                 let until = start_ts - LEAD_UNITS;
-                if start_ts - now <= LEAD_UNITS + b.max_wait {
+                // One unit past the lead is a unit's sequence running out: always a wait.
+                if start_ts - now <= LEAD_UNITS + 1 + b.max_wait {
                     return Err(NextError::Wait { until });
                 }
                 match b.on_ahead {

@@ -1,7 +1,8 @@
 //! Sequence mode (SPEC section 1.2): dense counters handed out from blocks reserved in the
 //! store. A node keeps the block it is using and, once half of it is gone, reserves the next
 //! one in the background, so requests do not wait on the store in steady state. Blocks grow
-//! (up to [`MAX_BLOCK`]) while they last under a second, and shrink back when load drops.
+//! (up to [`MAX_BLOCK`], which bounds the gap a crash leaves) while they last under a
+//! second, and shrink back when load drops.
 //! `strict` prefixes reserve exactly what each request takes, durably, before answering.
 //!
 //! Numbers are unique because the store's high-water mark only moves forward under a
@@ -22,7 +23,7 @@ use crate::store::{SeqBlock, Store, StoreError, counter_name};
 /// Block size when a counter starts (SPEC: 1000).
 pub const BASE_BLOCK: u64 = 1000;
 /// Largest block a busy counter grows to.
-pub const MAX_BLOCK: u64 = 64_000;
+pub const MAX_BLOCK: u64 = 16_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SeqError {
