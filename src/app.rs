@@ -27,7 +27,8 @@ use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
 use crate::worker::{self, StaticWorker, WorkerClaim, WorkerError, WorkerSource};
 
-/// How far ahead timestamps are reserved standalone (cluster mode: the lease TTL).
+/// How far ahead timestamps are reserved standalone (cluster mode: see
+/// `cluster::etcd::reserve_window`).
 pub const STANDALONE_WINDOW_MS: u64 = 2000;
 /// How often a cluster node measures its clock against its peers.
 pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -210,7 +211,7 @@ async fn clustered(
         view: cluster.clone(),
         admin_token,
         read_through: true,
-        window_ms: config.lease_ttl_s * 1000,
+        window_ms: crate::cluster::etcd::reserve_window(config.lease_ttl_s).as_millis() as u64,
         cluster: Some(cluster),
         _data_dir: None,
     })

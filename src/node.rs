@@ -183,8 +183,7 @@ impl Node {
                 self.begin_episode(
                     DegradeReason::ClockBackward,
                     &format!(
-                        "clock is {ms} ms behind the last timestamp used (until unix ms {until_ms}); policy {:?}",
-                        self.settings.on_clock_backward
+                        "clock is {ms} ms behind the last timestamp used (until unix ms {until_ms})"
                     ),
                 );
             }
@@ -372,19 +371,16 @@ impl Node {
     /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
     /// the moment of fencing, so degraded numbers stay within the persisted reservation.
     pub fn set_lease_lost(&self, lost: bool) {
-        if lost {
-            self.freeze.store(self.now_units(), Ordering::Release);
+        if lost && !self.lease_lost() {
+            // Frozen at the moment of fencing, and never past what is persisted.
+            let ceiling = self.grant().map_or(0, |g| g.ceiling());
+            self.freeze
+                .store(self.now_units().min(ceiling), Ordering::Release);
         }
         if self.set_flag(LEASE_LOST, lost) {
             self.metrics.lease_healthy.set(i64::from(!lost));
             if lost {
-                self.begin_episode(
-                    DegradeReason::LeaseLost,
-                    &format!(
-                        "worker lease not renewed in time; policy {:?}",
-                        self.settings.on_lease_loss
-                    ),
-                );
+                self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
             } else {
                 self.end_episode(DegradeReason::LeaseLost);
             }
@@ -420,7 +416,16 @@ impl Node {
             .unwrap_or_else(|e| e.into_inner());
         if started.is_none() {
             *started = Some(self.degraded[i].get());
-            tracing::warn!(reason = reason.as_str(), "{detail}: numbers are degraded");
+            let policy = match reason {
+                DegradeReason::ClockBackward => self.settings.on_clock_backward,
+                DegradeReason::LeaseLost => self.settings.on_lease_loss,
+                DegradeReason::ClockSkew => Policy::Degrade,
+            };
+            let effect = match policy {
+                Policy::Degrade => "numbers are degraded",
+                Policy::Reject => "numbers are refused (503)",
+            };
+            tracing::warn!(reason = reason.as_str(), "{detail}: {effect}");
         }
     }
 

@@ -394,13 +394,20 @@ impl Service {
         count: u64,
         sink: &mut impl Sink,
     ) -> Result<(), IssueError> {
+        // A node without a worker ID is not ready and issues nothing, in either mode.
+        let Some(grant) = self.node.grant() else {
+            return Err(IssueError::NotReady {
+                reason: "no worker ID is held",
+                retry_after: Duration::from_secs(1),
+            });
+        };
         let now_ms = self.node.clock().now_ms();
         let taken = alloc.take(count, now_ms).await.map_err(|e| match e {
             SeqError::Overflow(k) => IssueError::Overflow(k),
             SeqError::Store(s) => IssueError::Storage(s),
             SeqError::Closed => IssueError::ConfigChanged(entry.key.to_string()),
         })?;
-        let (dc, worker) = self.node.grant().map_or((0, 0), |g| (g.dc, g.worker));
+        let (dc, worker) = (grant.dc, grant.worker);
         for n in taken.iter() {
             let ctx = RenderCtx {
                 prefix: &entry.key,

@@ -258,6 +258,21 @@ impl ClusterView for EtcdCluster {
     }
 }
 
+/// How long before the lease TTL runs out, counted from the last confirmed renewal, a node
+/// fences itself: max(1 s, TTL / 5), room for etcd and this node disagreeing on time.
+pub fn fence_margin(lease_ttl_s: u64) -> Duration {
+    (Duration::from_secs(lease_ttl_s) / 5).max(Duration::from_secs(1))
+}
+
+/// How far ahead a cluster node reserves timestamps: the lease TTL plus the fence margin.
+/// At the fence the reservation then still reaches about `2 * margin - 1.35 s` past the
+/// frozen time (renewal granularity 1 s, ticks 250 ms and 100 ms), room for degraded
+/// numbers, while a node taking the worker ID over after the lease expires waits at most
+/// about the margin for its clock to pass it.
+pub fn reserve_window(lease_ttl_s: u64) -> Duration {
+    Duration::from_secs(lease_ttl_s) + fence_margin(lease_ttl_s)
+}
+
 /// How a lease session ended.
 enum Ended {
     Stopped,
@@ -304,7 +319,10 @@ pub async fn run_lease(
         let _ = claim_tx.send(Some(claim.clone()));
         node.set_lease_lost(false);
         metrics.lease_healthy.set(1);
-        crate::app::handle_start_gap(&node, cluster.s.lease_ttl_s * 1000);
+        crate::app::handle_start_gap(
+            &node,
+            reserve_window(cluster.s.lease_ttl_s).as_millis() as u64,
+        );
         match keep_alive(&cluster, &node, &metrics, &claim, &mut stop).await {
             Ended::Stopped => return,
             Ended::Expired => {
@@ -356,8 +374,7 @@ async fn keep_alive(
 ) -> Ended {
     let ttl = Duration::from_secs(cluster.s.lease_ttl_s);
     let every = (ttl / 3).clamp(Duration::from_millis(500), Duration::from_secs(5));
-    let margin = (ttl / 5).max(Duration::from_secs(1));
-    let fence_after = ttl.saturating_sub(margin);
+    let fence_after = ttl.saturating_sub(fence_margin(cluster.s.lease_ttl_s));
     let deadline = every.min(Duration::from_secs(2));
     let mut last_ok = Instant::now();
     let mut last_try: Option<Instant> = None;

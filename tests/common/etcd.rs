@@ -40,7 +40,15 @@ impl Etcd {
             println!("skipping: etcd not installed");
             return None;
         };
-        let dir = tempfile::tempdir().expect("temp dir for etcd");
+        // On tmpfs when there is one: etcd fsyncs its WAL on every write, and on a busy
+        // machine a slow disk turns short test leases into spurious expiries.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir for etcd");
         let mut etcd = Etcd {
             binary,
             dir,
