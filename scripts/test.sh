@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every test of numgen, installing what the tests need when it is missing (protoc,
+# etcd, faketime, hurl, k6, hadolint; see scripts/deps.sh):
+#   1. formatting and clippy (warnings are errors),
+#   2. cargo test --release: unit and property tests, the store conformance suite on redb
+#      and on a real etcd, black-box HTTP tests against the real binary (standalone and
+#      cluster), concurrency, crash (kill -9) and clock fault-injection (libfaketime) tests,
+#   3. the hurl suites against a freshly started binary,
+#   4. short checks: k6 scenarios (short durations), the Dockerfile lint, and one pass of
+#      the criterion benchmarks (they must build and run; no timing is judged here).
+# Every server it starts listens on 127.0.0.1 and is stopped by its PID. Under CI=true a
+# missing tool fails the run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+
+started=$(date +%s)
+step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
+
+step "dependencies"
+ensure_test_deps
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test --release"
+cargo test --release --quiet
+
+step "hurl suites"
+scripts/run-hurl.sh target/release/numgen
+
+step "k6 (short runs)"
+SKIP_BUILD=1 scripts/run-k6.sh k6/baseline.js
+SKIP_BUILD=1 HOLD=${K6_SPIKE_HOLD:-10s} scripts/run-k6.sh k6/spike.js
+SKIP_BUILD=1 DURATION=${K6_ENDURANCE:-60s} scripts/run-k6.sh k6/endurance.js
+
+step "Dockerfile lint"
+hadolint Dockerfile
+
+step "benchmarks build and run once"
+cargo bench --quiet --bench engine -- --test >/dev/null
+
+step "all tests passed"
