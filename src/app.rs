@@ -282,7 +282,10 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let started = Instant::now();
     let metrics = Metrics::new()?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // Calibrating the TSC clock spins for a few milliseconds: off the runtime threads.
+    let clock: Arc<dyn Clock> = tokio::task::spawn_blocking(crate::clock::system_clock)
+        .await
+        .unwrap_or_else(|_| Arc::new(SystemClock));
     let local = listener
         .local_addr()
         .map_err(io_err(Path::new("listener")))?;

@@ -305,11 +305,38 @@ impl Service {
         count: u64,
         sink: &mut impl Sink,
     ) -> Result<(), IssueError> {
+        // The common case — a snowflake prefix that needs no wait — runs on the registry map
+        // as loaded, without an await or touching the entry's reference count.
+        let waiting = {
+            let map = self.registry.map.load();
+            match map.get(key) {
+                Some(entry) => match &entry.kind {
+                    Kind::Snowflake(clock) => {
+                        let mut left = count;
+                        match self.issue_now(entry, clock, &mut left, sink)? {
+                            None => return Ok(()),
+                            Some(blocked) => Some((entry.clone(), left, blocked)),
+                        }
+                    }
+                    Kind::Sequence(_) => None,
+                },
+                None => None,
+            }
+        };
+        if let Some((entry, left, blocked)) = waiting {
+            return self.issue_snowflake(&entry, left, blocked, sink).await;
+        }
         let mut entry = self.lookup(key).await?;
         let mut retried = false;
         loop {
             let result = match &entry.kind {
-                Kind::Snowflake(clock) => self.issue_snowflake(&entry, clock, count, sink).await,
+                Kind::Snowflake(clock) => {
+                    let mut left = count;
+                    match self.issue_now(&entry, clock, &mut left, sink)? {
+                        None => Ok(()),
+                        Some(blocked) => self.issue_snowflake(&entry, left, blocked, sink).await,
+                    }
+                }
                 Kind::Sequence(alloc) => self.issue_sequence(&entry, alloc, count, sink).await,
             };
             match result {
@@ -322,39 +349,69 @@ impl Service {
         }
     }
 
-    async fn issue_snowflake(
+    /// Issues snowflake numbers until `left` is 0 (`None`) or the node asks to wait (the
+    /// reason is returned, `left` says how many are still owed).
+    #[inline]
+    fn issue_now(
         &self,
         entry: &Entry,
         clock: &PrefixClock,
-        count: u64,
+        left: &mut u64,
+        sink: &mut impl Sink,
+    ) -> Result<Option<Blocked>, IssueError> {
+        let layout = self.node.layout();
+        let offset_s = entry.config.utc_offset.seconds();
+        while *left > 0 {
+            let issued = match self.node.try_issue(clock, *left) {
+                Ok(issued) => issued,
+                Err(Blocked::NotReady {
+                    reason,
+                    retry_after,
+                }) => {
+                    return Err(IssueError::NotReady {
+                        reason,
+                        retry_after,
+                    });
+                }
+                Err(blocked) => return Ok(Some(blocked)),
+            };
+            let degraded = issued.batch.degraded.is_some();
+            let s = layout.sequence_bits();
+            for packed in issued.batch.first..issued.batch.first + issued.batch.count {
+                let id = layout.compose_packed(packed, degraded, issued.node_bits);
+                let ctx = RenderCtx {
+                    prefix: &entry.key,
+                    value: id,
+                    unix_ms: layout.unix_ms_at(packed >> s),
+                    offset_s,
+                    dc: issued.dc,
+                    worker: issued.worker,
+                    degraded,
+                };
+                sink.push(&entry.template, &ctx, id, degraded);
+            }
+            entry.issued.inc_by(issued.batch.count);
+            *left -= issued.batch.count;
+        }
+        Ok(None)
+    }
+
+    /// The rest of a snowflake request that had to wait: for the clock (at most about a
+    /// unit at a time) or for the reservation to be extended (bounded by the store deadline).
+    async fn issue_snowflake(
+        &self,
+        entry: &Entry,
+        mut left: u64,
+        mut blocked: Blocked,
         sink: &mut impl Sink,
     ) -> Result<(), IssueError> {
-        let layout = *self.node.layout();
-        let offset_s = entry.config.utc_offset.seconds();
-        let mut left = count;
+        let Kind::Snowflake(clock) = &entry.kind else {
+            return Err(IssueError::ConfigChanged(entry.key.to_string()));
+        };
         let mut waited = Duration::ZERO;
-        while left > 0 {
-            match self.node.try_issue(clock, left) {
-                Ok(issued) => {
-                    let degraded = issued.batch.degraded.is_some();
-                    let s = layout.sequence_bits();
-                    for packed in issued.batch.first..issued.batch.first + issued.batch.count {
-                        let id = layout.compose_packed(packed, degraded, issued.node_bits);
-                        let ctx = RenderCtx {
-                            prefix: &entry.key,
-                            value: id,
-                            unix_ms: layout.unix_ms_at(packed >> s),
-                            offset_s,
-                            dc: issued.dc,
-                            worker: issued.worker,
-                            degraded,
-                        };
-                        sink.push(&entry.template, &ctx, id, degraded);
-                    }
-                    entry.issued.inc_by(issued.batch.count);
-                    left -= issued.batch.count;
-                }
-                Err(Blocked::Wait(d)) => {
+        loop {
+            match blocked {
+                Blocked::Wait(d) => {
                     // The clock moves on its own; a clock that stands still is not ready.
                     if waited >= RESERVATION_WAIT {
                         return Err(IssueError::NotReady {
@@ -365,7 +422,7 @@ impl Service {
                     tokio::time::sleep(d).await;
                     waited += d;
                 }
-                Err(Blocked::Ceiling) => {
+                Blocked::Ceiling => {
                     if waited >= RESERVATION_WAIT {
                         return Err(IssueError::Storage(StoreError::Timeout(RESERVATION_WAIT)));
                     }
@@ -373,18 +430,21 @@ impl Service {
                     let _ = tokio::time::timeout(step, self.node.reserved()).await;
                     waited += step;
                 }
-                Err(Blocked::NotReady {
+                Blocked::NotReady {
                     reason,
                     retry_after,
-                }) => {
+                } => {
                     return Err(IssueError::NotReady {
                         reason,
                         retry_after,
                     });
                 }
             }
+            match self.issue_now(entry, clock, &mut left, sink)? {
+                None => return Ok(()),
+                Some(b) => blocked = b,
+            }
         }
-        Ok(())
     }
 
     async fn issue_sequence(

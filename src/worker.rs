@@ -95,7 +95,7 @@ pub async fn acquire(node: &Node, source: &dyn WorkerSource) -> Result<WorkerCla
     let claim = source.acquire().await?;
     let layout = node.layout();
     let persisted = claim.hwm_ms.map_or(0, |ms| layout.units_at(ms));
-    let previous = node.grant().map_or(0, |g| g.ceiling());
+    let previous = node.grant().map_or(0, |g| g.ceiling);
     let floor = persisted.max(previous);
     let ceiling = node.now_units().max(floor) + node.window_units();
     source.reserve(&claim, layout.unix_ms_at(ceiling)).await?;
@@ -146,7 +146,7 @@ pub async fn keep_reserved(
             continue;
         }
         let now = node.now_units();
-        let ceiling = grant.ceiling();
+        let ceiling = grant.ceiling;
         if !hit && ceiling.saturating_sub(now) > renew_margin_units(&node) {
             continue;
         }
@@ -242,12 +242,12 @@ mod tests {
         clock.advance(1500);
         let want = n.layout().units_at(T0 + 1500 + 2000);
         for _ in 0..200 {
-            if n.grant().unwrap().ceiling() >= want {
+            if n.grant().unwrap().ceiling >= want {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(n.grant().unwrap().ceiling() >= want);
+        assert!(n.grant().unwrap().ceiling >= want);
         assert!(store.load_hwm(0, 0).await.unwrap().unwrap() >= T0 + 3500);
 
         // A logical clock (the wall clock stepped back) runs into the ceiling: it is

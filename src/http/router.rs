@@ -334,7 +334,9 @@ impl Sink for TextSink {
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    // A boxed slice: `Bytes` takes it over without allocating a shared header, which a
+    // `Vec` with spare capacity would need.
+    let mut resp = Response::new(Full::new(Bytes::from(body.into_boxed_slice())));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -163,9 +163,17 @@ impl Generator {
         want: u64,
         mut bounds: impl FnMut() -> Result<Bounds, E>,
     ) -> Result<Result<Batch, NextError>, E> {
+        let mut b: Option<Bounds> = None;
         loop {
             let old = clock.state.load(Ordering::Acquire);
-            let b = bounds()?;
+            // Read the clock after the load; on a retry only when the state moved past what
+            // the earlier reading allows (another thread issued with a later reading).
+            let stale =
+                b.is_none_or(|b| self.timestamp_of(old & !DEGRADED_FLAG) > b.now + LEAD_UNITS);
+            if stale {
+                b = Some(bounds()?);
+            }
+            let Some(b) = b else { continue };
             let (new, batch) = match self.plan(old, want, &b) {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),

@@ -1,6 +1,9 @@
-//! The embedded store for standalone mode: one redb file in the data dir. Every write is a
-//! durable (fsync'd) transaction; reads see the last commit. Calls run on tokio's blocking
-//! pool under the store deadline, so a slow disk never stalls a runtime thread.
+//! The embedded store for standalone mode: one redb file in the data dir. Writes go to one
+//! writer thread, which commits every write waiting at that moment in one durable (fsync'd)
+//! transaction — group commit: a thousand sequence prefixes prefetching at once cost one
+//! fsync, not a thousand queued ones. A write's caller hears back only after the commit.
+//! Reads run on tokio's blocking pool and see the last commit. Every call is bounded by the
+//! store deadline, so a slow disk never stalls a runtime thread.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -32,10 +35,92 @@ fn encode(config: &PrefixConfig) -> Result<String, StoreError> {
     serde_json::to_string(config).map_err(unavailable)
 }
 
+/// How many waiting writes one transaction takes at most.
+const MAX_GROUP: usize = 256;
+
+/// What a write tells its caller once the commit's outcome is known.
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// A write for the writer thread.
+trait WriteJob: Send {
+    /// Runs inside the shared transaction. `true` in the second place when the write failed
+    /// half-way, so the transaction must not be committed.
+    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> (Completion, bool);
+    /// Answers the caller when no transaction could be started.
+    fn fail(self: Box<Self>, e: StoreError);
+}
+
+struct TypedJob<T, F> {
+    f: F,
+    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteJob for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send,
+{
+    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> (Completion, bool) {
+        let out = (self.f)(txn);
+        // Logical refusals (overflow, mode change, layout) write nothing; an I/O error may
+        // have written half.
+        let poisoned = matches!(out, Err(StoreError::Unavailable(_)));
+        let reply = self.reply;
+        let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
+            let _ = reply.send(commit.and(out));
+        });
+        (done, poisoned)
+    }
+
+    fn fail(self: Box<Self>, e: StoreError) {
+        let _ = self.reply.send(Err(e));
+    }
+}
+
+/// The writer thread: takes every waiting write into one transaction, commits, answers.
+fn write_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        let txn = match db.begin_write() {
+            Ok(t) => t,
+            Err(e) => {
+                let e = unavailable(e);
+                group.into_iter().for_each(|j| j.fail(e.clone()));
+                continue;
+            }
+        };
+        let mut done = Vec::with_capacity(group.len());
+        let mut poisoned = false;
+        for job in group {
+            let (d, p) = job.run(&txn);
+            done.push(d);
+            poisoned |= p;
+        }
+        let outcome = if poisoned {
+            drop(txn);
+            Err(StoreError::Unavailable(
+                "a write in the same transaction failed; nothing was written".into(),
+            ))
+        } else {
+            txn.commit().map_err(unavailable)
+        };
+        for d in done {
+            d(outcome.clone());
+        }
+    }
+}
+
 /// A redb database file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    writer: std::sync::mpsc::Sender<Box<dyn WriteJob>>,
     timeout: Duration,
 }
 
@@ -51,8 +136,17 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
+        let db = Arc::new(db);
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let for_writer = db.clone();
+        // The thread ends when the last clone of the store (its sender) is dropped.
+        std::thread::Builder::new()
+            .name("numgen-redb-writer".into())
+            .spawn(move || write_loop(for_writer, jobs))
+            .map_err(unavailable)?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db,
+            writer,
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -77,17 +171,21 @@ impl EmbeddedStore {
         .await
     }
 
-    /// Runs `f` in one write transaction and commits it durably.
+    /// Runs `f` in a write transaction (shared with other waiting writes) and answers once
+    /// it is durably committed.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(unavailable)?;
-            let out = f(&txn)?;
-            txn.commit().map_err(unavailable)?;
-            Ok(out)
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.writer
+            .send(Box::new(TypedJob { f, reply }))
+            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        bounded(self.timeout, async move {
+            answer
+                .await
+                .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?
         })
         .await
     }

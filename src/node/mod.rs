@@ -4,14 +4,13 @@
 //! all of that into the generator's bounds for one request; it never blocks or sleeps.
 //!
 //! State changes come from background tasks (reservation, lease, skew monitor) through
-//! atomics and an `ArcSwap`, so the request path takes no lock.
+//! atomics (the grant behind a sequence lock, [`grant`]), so the request path takes no lock.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
@@ -19,28 +18,14 @@ use crate::clock::{Clock, ClockGuard, GuardChange};
 use crate::id::{Batch, Bounds, DegradeReason, Generator, Layout, NextError, Policy, PrefixClock};
 use crate::metrics::Metrics;
 
+mod grant;
+pub use grant::Grant;
+use grant::GrantCell;
+
 const STARTING: u32 = 1;
 const LEASE_LOST: u32 = 1 << 1;
 const CLOCK_SKEW: u32 = 1 << 2;
 const STOPPING: u32 = 1 << 3;
-
-/// The worker ID a node holds and the range of timestamps it may use with it.
-#[derive(Debug)]
-pub struct Grant {
-    pub dc: u64,
-    pub worker: u64,
-    node_bits: u64,
-    /// Timestamps up to here may have been used under this worker ID before.
-    pub floor: u64,
-    /// Timestamps up to here are persisted as reserved.
-    ceiling: AtomicU64,
-}
-
-impl Grant {
-    pub fn ceiling(&self) -> u64 {
-        self.ceiling.load(Ordering::Acquire)
-    }
-}
 
 /// Settings the node needs from the config.
 #[derive(Clone, Copy, Debug)]
@@ -100,7 +85,7 @@ pub struct Node {
     generator: Generator,
     clock: Arc<dyn Clock>,
     guard: ClockGuard,
-    grant: ArcSwapOption<Grant>,
+    grant: GrantCell,
     flags: AtomicU32,
     /// While the lease is lost, the node's time stands still here.
     freeze: AtomicU64,
@@ -135,7 +120,7 @@ impl Node {
         Node {
             generator: Generator::new(&layout),
             guard: ClockGuard::new(max_wait_units),
-            grant: ArcSwapOption::empty(),
+            grant: GrantCell::default(),
             flags: AtomicU32::new(0),
             freeze: AtomicU64::new(u64::MAX),
             max_wait_units,
@@ -167,8 +152,8 @@ impl Node {
     pub fn window_units(&self) -> u64 {
         self.window_units
     }
-    pub fn grant(&self) -> Option<Arc<Grant>> {
-        self.grant.load_full()
+    pub fn grant(&self) -> Option<Grant> {
+        self.grant.get()
     }
 
     /// Reads the clock into the guard and handles an episode starting or ending.
@@ -207,8 +192,7 @@ impl Node {
     /// Issues up to `want` numbers from `clock`.
     #[inline]
     pub fn try_issue(&self, prefix: &PrefixClock, want: u64) -> Result<Issued, Blocked> {
-        let grant_guard = self.grant.load();
-        let Some(grant) = grant_guard.as_ref() else {
+        let Some(grant) = self.grant.get() else {
             return Err(Blocked::NotReady {
                 reason: "no worker ID is held",
                 retry_after: Duration::from_secs(1),
@@ -255,7 +239,7 @@ impl Node {
             Ok(Bounds {
                 now,
                 floor: grant.floor,
-                ceiling: grant.ceiling(),
+                ceiling: grant.ceiling,
                 degraded,
                 max_wait: self.max_wait_units,
                 on_ahead: self.settings.on_clock_backward,
@@ -315,29 +299,26 @@ impl Node {
     /// Starts using a worker ID whose timestamps up to `floor` may have been used, with
     /// timestamps up to `ceiling` already persisted as reserved.
     pub fn install_grant(&self, dc: u64, worker: u64, floor: u64, ceiling: u64) {
-        let grant = Grant {
+        self.grant.set(Some(Grant {
             dc,
             worker,
             node_bits: self.layout.node_bits(dc, worker),
             floor,
-            ceiling: AtomicU64::new(ceiling),
-        };
-        self.grant.store(Some(Arc::new(grant)));
+            ceiling,
+        }));
         self.metrics.worker_id.set(worker as i64);
         self.reserved.notify_waiters();
     }
 
     /// Stops issuing: the worker ID is no longer held.
     pub fn clear_grant(&self) {
-        self.grant.store(None);
+        self.grant.set(None);
         self.metrics.worker_id.set(-1);
     }
 
     /// Records that timestamps up to `ceiling` are persisted for the current grant.
     pub fn extend_ceiling(&self, ceiling: u64) {
-        if let Some(g) = self.grant.load().as_ref() {
-            g.ceiling.fetch_max(ceiling, Ordering::AcqRel);
-        }
+        self.grant.extend_ceiling(ceiling);
         self.reserved.notify_waiters();
     }
 
@@ -373,7 +354,7 @@ impl Node {
     pub fn set_lease_lost(&self, lost: bool) {
         if lost && !self.lease_lost() {
             // Frozen at the moment of fencing, and never past what is persisted.
-            let ceiling = self.grant().map_or(0, |g| g.ceiling());
+            let ceiling = self.grant().map_or(0, |g| g.ceiling);
             self.freeze
                 .store(self.now_units().min(ceiling), Ordering::Release);
         }
@@ -452,7 +433,7 @@ impl Node {
         let flags = self.flags.load(Ordering::Acquire);
         let mut blocking = Vec::new();
         let mut degrading = Vec::new();
-        if self.grant.load().is_none() {
+        if self.grant.get().is_none() {
             blocking.push("no_worker_id");
         }
         if flags & STARTING != 0 {
@@ -645,7 +626,7 @@ mod tests {
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
         let p = PrefixClock::new();
         let first = n.try_issue(&p, 1).unwrap();
-        let ceiling = n.grant().unwrap().ceiling();
+        let ceiling = n.grant().unwrap().ceiling;
         n.set_lease_lost(true);
         assert!(n.lease_lost());
         assert_eq!(n.readiness().status, "degraded");
