@@ -41,11 +41,20 @@ function logRange(prefix, first, last) {
 
 /**
  * Asks for `count` numbers of `prefix` (one request) and checks the answer. Returns the
- * number of ids received (0 on failure).
+ * number of ids received (0 on failure). `opts.tolerate(res)` accepts a refusal as
+ * expected; `opts.expectedStatuses` tells k6 which statuses are not failed requests.
  */
-export function takeNumbers(prefix, count) {
+export function takeNumbers(prefix, count, opts = {}) {
   const url = `${BASE_URL}/numbers/${prefix}` + (count > 1 ? `?count=${count}` : '');
-  const res = http.get(url, { tags: { name: `/numbers/${prefix}` }, timeout: '10s' });
+  const params = { tags: { name: `/numbers/${prefix}` }, timeout: '10s' };
+  if (opts.expectedStatuses) {
+    params.responseCallback = http.expectedStatuses(...opts.expectedStatuses);
+  }
+  const res = http.get(url, params);
+  // A refusal the scenario allows (opts.tolerate) is counted by the caller, not a failure.
+  if (res.status !== 200 && opts.tolerate && opts.tolerate(res)) {
+    return 0;
+  }
   if (!check(res, { 'status is 200': (r) => r.status === 200 })) {
     return 0;
   }

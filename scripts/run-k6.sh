@@ -11,7 +11,10 @@
 #     overlap (an id received twice) or when they do not add up to the numbers received.
 # Prints numgen's RSS before and after. Stops numgen by PID (trap on EXIT).
 #
-# Short by default, for CI: DURATION=30s for baseline.js, 60s for endurance.js, and
+# recovery.js runs numgen in cluster mode on a real etcd (loopback, temp dir) and restarts
+# etcd mid-run (ETCD_RESTART_AT, ETCD_DOWN).
+#
+# Short by default, for CI: DURATION=30s for baseline.js and recovery.js, 60s for endurance.js, and
 # spike.js's own 10 s + 5 s + HOLD=20s + 5 s. Override with DURATION, HOLD, VUS, COUNT,
 # PAUSE, LOG_RANGES (see each script). SKIP_BUILD=1 uses target/release as it is.
 set -euo pipefail
@@ -27,9 +30,18 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
+CLUSTER=${CLUSTER:-}
 case "$(basename "$SCRIPT")" in
     baseline.js) export DURATION=${DURATION:-30s} ;;
     endurance.js) export DURATION=${DURATION:-60s} ;;
+    # Cluster mode on a real etcd, restarted mid-run (ETCD_RESTART_AT s after k6 starts,
+    # down for ETCD_DOWN s).
+    recovery.js)
+        export DURATION=${DURATION:-30s}
+        CLUSTER=1
+        ETCD_RESTART_AT=${ETCD_RESTART_AT:-10}
+        ETCD_DOWN=${ETCD_DOWN:-3}
+        ;;
 esac
 
 WORK=$(mktemp -d -t numgen-k6.XXXXXX)
@@ -41,6 +53,11 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
+    # etcd is started (and restarted) by a subshell: its PID is in a file.
+    if [ -s "$WORK/etcd.pid" ]; then
+        kill "$(cat "$WORK/etcd.pid")" 2>/dev/null || true
+        sleep 0.2
+    fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -64,9 +81,37 @@ NUMGEN=$TARGET_DIR/release/numgen
 # Thousands of connections on both ends.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+EXTRA=()
+if [ -n "$CLUSTER" ]; then
+    command -v etcd >/dev/null || apt_install etcd-server
+    read -r ETCD_PORT PEER_PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+    start_etcd() {
+        etcd --name k6 --data-dir "$WORK/etcd" \
+            --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+            --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+            --listen-peer-urls "http://127.0.0.1:$PEER_PORT" \
+            --initial-advertise-peer-urls "http://127.0.0.1:$PEER_PORT" \
+            --initial-cluster "k6=http://127.0.0.1:$PEER_PORT" >>"$WORK/etcd.log" 2>&1 &
+        echo $! >"$WORK/etcd.pid"
+        for _ in $(seq 1 100); do
+            curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null && return 0
+            sleep 0.1
+        done
+        echo "etcd did not become healthy; log:" >&2
+        tail -20 "$WORK/etcd.log" >&2
+        return 1
+    }
+    start_etcd
+    EXTRA=(--etcd-endpoints "http://127.0.0.1:$ETCD_PORT" --etcd-root /k6)
+fi
+
 TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 NUMGEN_ADMIN_TOKEN=$TOKEN NUMGEN_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn,numgen::app=info} \
-    "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" 2>"$WORK/numgen.log" &
+    "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" "${EXTRA[@]}" 2>"$WORK/numgen.log" &
 PID=$!
 PIDS+=("$PID")
 ADDR=""
@@ -94,6 +139,19 @@ register K6INVOICE '{"format":"INV-{year}-{SEQ:8}","mode":"sequence"}'
 
 rss() { awk '/^VmRSS:/ { printf "%.1f MB", $2 / 1024 }' "/proc/$PID/status"; }
 echo "numgen $ADDR (pid $PID), RSS before: $(rss)"
+
+if [ -n "${ETCD_RESTART_AT:-}" ]; then
+    (
+        sleep "$ETCD_RESTART_AT"
+        etcd_pid=$(cat "$WORK/etcd.pid")
+        echo "restarting etcd (pid $etcd_pid), down for ${ETCD_DOWN}s"
+        kill -TERM "$etcd_pid"
+        while kill -0 "$etcd_pid" 2>/dev/null; do sleep 0.05; done
+        sleep "$ETCD_DOWN"
+        start_etcd && echo "etcd is back (pid $(cat "$WORK/etcd.pid"))"
+    ) &
+    PIDS+=("$!")
+fi
 
 set +e
 BASE_URL="http://$ADDR" PREFIX=K6ORDER SEQUENCE_PREFIX=K6INVOICE \

@@ -6,7 +6,8 @@
 #      and on a real etcd, black-box HTTP tests against the real binary (standalone and
 #      cluster), concurrency, crash (kill -9) and clock fault-injection (libfaketime) tests,
 #   3. the hurl suites against a freshly started binary,
-#   4. short checks: k6 scenarios (short durations), the Dockerfile lint, and one pass of
+#   4. short checks: k6 scenarios (short durations; recovery.js restarts a real etcd under
+#      a cluster-mode node), the Dockerfile lint, and one pass of
 #      the criterion benchmarks (they must build and run; no timing is judged here).
 # Every server it starts listens on 127.0.0.1 and is stopped by its PID. Under CI=true a
 # missing tool fails the run.
@@ -36,6 +37,7 @@ step "k6 (short runs)"
 SKIP_BUILD=1 scripts/run-k6.sh k6/baseline.js
 SKIP_BUILD=1 HOLD=${K6_SPIKE_HOLD:-10s} scripts/run-k6.sh k6/spike.js
 SKIP_BUILD=1 DURATION=${K6_ENDURANCE:-60s} scripts/run-k6.sh k6/endurance.js
+SKIP_BUILD=1 scripts/run-k6.sh k6/recovery.js
 
 step "Dockerfile lint"
 hadolint Dockerfile

@@ -2,12 +2,15 @@
 //! operations everything else is built on, issuing numbers and managing prefix configs.
 //! The HTTP layer calls these and only maps their errors to status codes.
 //!
-//! The registry is an immutable map behind an `ArcSwap`: a request loads it without a lock
-//! and without contention; a config change copies the map (configs change rarely). Each
+//! The registry is an immutable map behind an `ArcSwap`, cached per thread and checked by
+//! a generation number: a request reads it without a lock, a reference count or contention;
+//! a config change copies the map (configs change rarely). Each
 //! snowflake prefix's [`PrefixClock`] is kept for the life of the process, also across a
 //! delete, so a prefix registered again never goes back in time.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -39,6 +42,16 @@ pub struct Entry {
 pub enum Kind {
     Snowflake(Arc<PrefixClock>),
     Sequence(Arc<SeqAllocator>),
+}
+
+/// How [`Service::issue_fast`] left a request.
+pub enum Fast {
+    /// Every number was issued.
+    Done,
+    /// Not a snowflake prefix in memory: nothing issued; use [`Service::issue`].
+    Slow,
+    /// Some numbers issued, the rest must wait: [`Service::issue_rest`].
+    Continue(Arc<Entry>, u64, Blocked),
 }
 
 /// Receives issued numbers in order; the HTTP layer writes them into the response body.
@@ -84,14 +97,30 @@ pub enum AdminError {
 
 pub struct Registry {
     map: ArcSwap<Map>,
+    /// Bumped after every store of `map`: tells a thread its cached map is stale.
+    generation: AtomicU64,
+    /// Tells registries apart in the per-thread cache.
+    id: u64,
     /// Snowflake states by key, never dropped; also serialises writers of `map`.
     clocks: Mutex<HashMap<Arc<str>, Arc<PrefixClock>>>,
+}
+
+/// Gives each registry its own id for the per-thread cache.
+static NEXT_REGISTRY_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Per thread, the registry map last read: (registry id, generation, map). Reading it
+    /// costs one load of the generation, where an `ArcSwap` load costs hundreds of
+    /// instructions and an `Arc` clone a reference count both workers fight over.
+    static SEEN: RefCell<Option<(u64, u64, Arc<Map>)>> = const { RefCell::new(None) };
 }
 
 impl Default for Registry {
     fn default() -> Self {
         Registry {
             map: ArcSwap::from_pointee(Map::default()),
+            generation: AtomicU64::new(0),
+            id: NEXT_REGISTRY_ID.fetch_add(1, Ordering::Relaxed),
             clocks: Mutex::new(HashMap::new()),
         }
     }
@@ -102,9 +131,36 @@ impl Registry {
         self.clocks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes `map` the registry's map (the caller holds the writers' lock).
+    fn publish(&self, map: Map) {
+        self.map.store(Arc::new(map));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Runs `f` on the current map, from this thread's cache when it is up to date.
+    #[inline]
+    fn with_map<R>(&self, f: impl FnOnce(&Map) -> R) -> R {
+        let generation = self.generation.load(Ordering::Acquire);
+        SEEN.with(|seen| {
+            let Ok(mut seen) = seen.try_borrow_mut() else {
+                // Re-entered from inside `f`: read the map directly.
+                return f(&self.map.load());
+            };
+            match &*seen {
+                Some((id, g, map)) if *id == self.id && *g == generation => f(map),
+                _ => {
+                    let map = self.map.load_full();
+                    let out = f(&map);
+                    *seen = Some((self.id, generation, map));
+                    out
+                }
+            }
+        })
+    }
+
     #[inline]
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        self.map.load().get(key).cloned()
+        self.with_map(|m| m.get(key).cloned())
     }
 
     pub fn len(&self) -> usize {
@@ -217,7 +273,7 @@ impl Service {
             let entry = Arc::new(self.build(&mut clocks, key, config)?);
             let mut map = Map::clone(&current);
             let old = map.insert(entry.key.clone(), entry.clone());
-            self.registry.map.store(Arc::new(map));
+            self.registry.publish(map);
             (entry, old)
         };
         self.metrics.prefixes.set(self.registry.len() as i64);
@@ -231,7 +287,7 @@ impl Service {
             let _writers = self.registry.writers();
             let mut map = Map::clone(&self.registry.map.load());
             let old = map.remove(key);
-            self.registry.map.store(Arc::new(map));
+            self.registry.publish(map);
             old
         };
         self.metrics.prefixes.set(self.registry.len() as i64);
@@ -264,7 +320,7 @@ impl Service {
                     replaced.push(old.clone());
                 }
             }
-            self.registry.map.store(Arc::new(map));
+            self.registry.publish(map);
         }
         self.metrics.prefixes.set(self.registry.len() as i64);
         for old in replaced {
@@ -305,27 +361,49 @@ impl Service {
         count: u64,
         sink: &mut impl Sink,
     ) -> Result<(), IssueError> {
-        // The common case — a snowflake prefix that needs no wait — runs on the registry map
-        // as loaded, without an await or touching the entry's reference count.
-        let waiting = {
-            let map = self.registry.map.load();
-            match map.get(key) {
-                Some(entry) => match &entry.kind {
-                    Kind::Snowflake(clock) => {
-                        let mut left = count;
-                        match self.issue_now(entry, clock, &mut left, sink)? {
-                            None => return Ok(()),
-                            Some(blocked) => Some((entry.clone(), left, blocked)),
-                        }
-                    }
-                    Kind::Sequence(_) => None,
-                },
-                None => None,
+        match self.issue_fast(key, count, sink)? {
+            Fast::Done => Ok(()),
+            Fast::Continue(entry, left, blocked) => {
+                Box::pin(self.issue_rest(&entry, left, blocked, sink)).await
             }
-        };
-        if let Some((entry, left, blocked)) = waiting {
-            return self.issue_snowflake(&entry, left, blocked, sink).await;
+            // Boxed: rare for snowflake prefixes, and it keeps the request future small.
+            Fast::Slow => Box::pin(self.issue_looked_up(key, count, sink)).await,
         }
+    }
+
+    /// The common case without an await: a snowflake prefix in memory whose numbers need
+    /// no wait. Runs on the registry map as loaded, without touching the entry's reference
+    /// count; says how to go on when it cannot finish.
+    #[inline]
+    pub fn issue_fast(
+        &self,
+        key: &str,
+        count: u64,
+        sink: &mut impl Sink,
+    ) -> Result<Fast, IssueError> {
+        self.registry.with_map(|map| {
+            let Some(entry) = map.get(key) else {
+                return Ok(Fast::Slow);
+            };
+            let Kind::Snowflake(clock) = &entry.kind else {
+                return Ok(Fast::Slow);
+            };
+            let mut left = count;
+            Ok(match self.issue_now(entry, clock, &mut left, sink)? {
+                None => Fast::Done,
+                Some(blocked) => Fast::Continue(entry.clone(), left, blocked),
+            })
+        })
+    }
+
+    /// Issues after looking `key` up (also in the store, in cluster mode): sequence
+    /// prefixes, and snowflake prefixes not yet in memory.
+    async fn issue_looked_up(
+        &self,
+        key: &str,
+        count: u64,
+        sink: &mut impl Sink,
+    ) -> Result<(), IssueError> {
         let mut entry = self.lookup(key).await?;
         let mut retried = false;
         loop {
@@ -334,7 +412,7 @@ impl Service {
                     let mut left = count;
                     match self.issue_now(&entry, clock, &mut left, sink)? {
                         None => Ok(()),
-                        Some(blocked) => self.issue_snowflake(&entry, left, blocked, sink).await,
+                        Some(blocked) => self.issue_rest(&entry, left, blocked, sink).await,
                     }
                 }
                 Kind::Sequence(alloc) => self.issue_sequence(&entry, alloc, count, sink).await,
@@ -398,7 +476,7 @@ impl Service {
 
     /// The rest of a snowflake request that had to wait: for the clock (at most about a
     /// unit at a time) or for the reservation to be extended (bounded by the store deadline).
-    async fn issue_snowflake(
+    pub async fn issue_rest(
         &self,
         entry: &Entry,
         mut left: u64,
@@ -704,6 +782,93 @@ mod tests {
         let got = task.await.unwrap().unwrap();
         assert_eq!(got.len(), 10_000);
         assert!(got.windows(2).all(|w| w[0].1 < w[1].1));
+    }
+
+    const STALL: Duration = Duration::from_millis(20);
+
+    /// A store that never answers: every call runs into its deadline, as a backend whose
+    /// disk or etcd hangs does.
+    struct Stalled;
+
+    async fn stall<T>() -> Result<T, StoreError> {
+        crate::store::bounded(STALL, std::future::pending()).await
+    }
+
+    #[async_trait::async_trait]
+    impl Store for Stalled {
+        async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+            stall().await
+        }
+        async fn get_prefix(&self, _: &str) -> Result<Option<PrefixConfig>, StoreError> {
+            stall().await
+        }
+        async fn create_prefix(&self, _: &str, _: &PrefixConfig) -> Result<bool, StoreError> {
+            stall().await
+        }
+        async fn replace_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Replaced, StoreError> {
+            stall().await
+        }
+        async fn delete_prefix(&self, _: &str) -> Result<bool, StoreError> {
+            stall().await
+        }
+        async fn reserve_seq(
+            &self,
+            _: &str,
+            _: u64,
+            _: u64,
+        ) -> Result<crate::store::SeqBlock, StoreError> {
+            stall().await
+        }
+        async fn release_seq(&self, _: &str, _: u64, _: u64) -> Result<bool, StoreError> {
+            stall().await
+        }
+        async fn get_seq(&self, _: &str) -> Result<Option<u64>, StoreError> {
+            stall().await
+        }
+        async fn load_hwm(&self, _: u64, _: u64) -> Result<Option<u64>, StoreError> {
+            stall().await
+        }
+        async fn store_hwm(&self, _: u64, _: u64, _: u64) -> Result<(), StoreError> {
+            stall().await
+        }
+        async fn check_layout(&self, _: &str) -> Result<(), StoreError> {
+            stall().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_that_times_out_answers_storage_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let node = Arc::new(Node::new(
+            layout,
+            Arc::new(ManualClock::new(T0)),
+            NodeSettings {
+                max_backward_wait_ms: 5,
+                on_clock_backward: Policy::Degrade,
+                on_lease_loss: Policy::Degrade,
+                reserve_window_ms: 2000,
+            },
+            metrics.clone(),
+        ));
+        node.install_grant(0, 0, 0, u64::MAX >> 23);
+        let _ = dir;
+        let s = Service::new(node, Arc::new(Stalled), metrics, false);
+        let (config, _) =
+            PrefixConfig::from_request(br#"{"format":"I-{SEQ:3}","mode":"sequence"}"#).unwrap();
+        s.apply("INV", config).unwrap();
+        let err = take(&s, "INV", 1).await.unwrap_err();
+        assert_eq!(err, IssueError::Storage(StoreError::Timeout(STALL)));
+        let api: crate::http::error::ApiError = err.into();
+        assert_eq!(
+            (api.status().as_u16(), api.code()),
+            (503, "STORAGE_UNAVAILABLE")
+        );
+        assert!(matches!(
+            s.register("X", br#"{"format":"X{SEQ:2}"}"#).await,
+            Err(AdminError::Storage(StoreError::Timeout(_)))
+        ));
     }
 
     #[tokio::test]

@@ -3,8 +3,11 @@
 //! numbers route renders straight into the response buffer: no per-number allocation.
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,8 +20,9 @@ use prometheus::{Histogram, IntCounter};
 use super::error::ApiError;
 use crate::cluster::ClusterView;
 use crate::format::{RenderCtx, Template};
+use crate::node::Blocked;
 use crate::prefix::{PrefixConfig, valid_key};
-use crate::service::{Service, Sink};
+use crate::service::{Entry, Fast, Service, Sink};
 
 /// Largest request body accepted (SPEC 3.4).
 pub const MAX_BODY: usize = 16 * 1024;
@@ -91,6 +95,18 @@ impl HttpState {
         }
     }
 
+    /// The response for `result`, counted in the route's metrics.
+    fn finish(
+        &self,
+        route: RouteId,
+        result: Result<Response<Full<Bytes>>, ApiError>,
+        started: Instant,
+    ) -> Response<Full<Bytes>> {
+        let resp = result.unwrap_or_else(ApiError::into_response);
+        self.record(route, resp.status(), started.elapsed());
+        resp
+    }
+
     fn record(&self, route: RouteId, status: StatusCode, elapsed: Duration) {
         let Some(r) = self.routes.get(route as usize) else {
             return;
@@ -109,18 +125,56 @@ impl HttpState {
     }
 }
 
-/// Answers one request; never fails.
-pub async fn handle(
-    state: &HttpState,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+/// The future of one response: ready at once for the common numbers request, boxed for
+/// everything else. hyper keeps (and moves) this future per request, so it is small.
+pub enum Reply {
+    Ready(Option<Response<Full<Bytes>>>),
+    Later(Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>),
+}
+
+impl Future for Reply {
+    type Output = Result<Response<Full<Bytes>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Reply::Ready(resp) => Poll::Ready(Ok(resp.take().unwrap_or_else(|| {
+                ApiError::NotFound("response already taken".into()).into_response()
+            }))),
+            Reply::Later(fut) => fut.as_mut().poll(cx).map(Ok),
+        }
+    }
+}
+
+/// Answers one request; never fails. A numbers request that needs no wait is answered
+/// without an await; the rest runs as a boxed future.
+pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
     let started = Instant::now();
     let (parts, body) = req.into_parts();
-    let (route, result) = dispatch(state, &parts, body, peer).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
-    state.record(route, resp.status(), started.elapsed());
-    resp
+    let (route, param) = route_of(parts.uri.path());
+    let m = &parts.method;
+    if route == RouteId::Numbers
+        && (*m == Method::GET || *m == Method::POST)
+        && content_length(&parts.headers).is_none_or(|n| n <= MAX_BODY as u64)
+    {
+        match numbers_begin(state, &parts, param) {
+            Ok(Begun::Done(resp)) => {
+                return Reply::Ready(Some(state.finish(route, Ok(resp), started)));
+            }
+            Err(e) => return Reply::Ready(Some(state.finish(route, Err(e), started))),
+            Ok(Begun::Later(pending)) => {
+                let state = state.clone();
+                return Reply::Later(Box::pin(async move {
+                    let result = pending.finish(&state.service).await;
+                    state.finish(route, result, started)
+                }));
+            }
+        }
+    }
+    let state = state.clone();
+    Reply::Later(Box::pin(async move {
+        let (route, result) = dispatch(&state, &parts, body, peer).await;
+        state.finish(route, result, started)
+    }))
 }
 
 /// Splits `path` (without `/api`) into a route and its parameter.
@@ -185,8 +239,13 @@ async fn dispatch(
     let m = &parts.method;
     let read_only = *m == Method::GET || *m == Method::HEAD;
     let result = match route {
+        // Normally answered by `call` without this detour.
         RouteId::Numbers if *m == Method::GET || *m == Method::POST => {
-            numbers(state, parts, param).await
+            match numbers_begin(state, parts, param) {
+                Ok(Begun::Done(resp)) => Ok(resp),
+                Ok(Begun::Later(pending)) => pending.finish(&state.service).await,
+                Err(e) => Err(e),
+            }
         }
         RouteId::PrefixConfig | RouteId::PrefixConfigs => {
             let allowed = route == RouteId::PrefixConfig
@@ -194,14 +253,16 @@ async fn dispatch(
             if !(read_only || allowed) {
                 Err(not_allowed())
             } else {
-                admin(state, parts, body, peer, route, param).await
+                // Boxed, like the other rare routes: the request future keeps the size
+                // of the numbers route, which hyper moves on every request.
+                Box::pin(admin(state, parts, body, peer, route, param)).await
             }
         }
         RouteId::Ids if read_only => decode(state, param.unwrap_or_default()),
         RouteId::Health if read_only => Ok(health(state)),
         RouteId::Ready if read_only => Ok(ready(state)),
-        RouteId::Metrics if read_only => metrics(state).await,
-        RouteId::ClusterNodes if read_only => cluster_nodes(state).await,
+        RouteId::Metrics if read_only => Box::pin(metrics(state)).await,
+        RouteId::ClusterNodes if read_only => Box::pin(cluster_nodes(state)).await,
         RouteId::Unmatched => Err(ApiError::NotFound(format!(
             "no route for {} {}",
             parts.method,
@@ -289,15 +350,58 @@ fn wants_text(headers: &HeaderMap) -> bool {
     text > json
 }
 
-/// Writes numbers as JSON objects.
-struct JsonSink {
+/// A numbers response body, written as the numbers are issued.
+struct NumbersBody {
     buf: Vec<u8>,
     first: bool,
+    /// `text/plain`: one number per line.
+    text: bool,
+    /// `?count=N`: `{"numbers":[…]}` around the objects.
+    batch: bool,
 }
 
-impl Sink for JsonSink {
+impl NumbersBody {
+    fn new(count: Option<u64>, text: bool) -> NumbersBody {
+        let n = count.unwrap_or(1) as usize;
+        let mut buf = Vec::with_capacity(n * 96 + 16);
+        if count.is_some() && !text {
+            buf.extend_from_slice(b"{\"numbers\":[");
+        }
+        NumbersBody {
+            buf,
+            first: true,
+            text,
+            batch: count.is_some(),
+        }
+    }
+
+    fn finish(mut self) -> Response<Full<Bytes>> {
+        let content_type = if self.text {
+            "text/plain; charset=utf-8"
+        } else {
+            if self.batch {
+                self.buf.extend_from_slice(b"]}");
+            }
+            "application/json"
+        };
+        let mut resp = respond(StatusCode::OK, content_type, self.buf);
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+}
+
+impl Sink for NumbersBody {
     #[inline]
     fn push(&mut self, template: &Template, ctx: &RenderCtx<'_>, id: u64, degraded: bool) {
+        if self.text {
+            if !self.first {
+                self.buf.push(b'\n');
+            }
+            self.first = false;
+            template.render(&mut self.buf, ctx);
+            return;
+        }
         if !self.first {
             self.buf.push(b',');
         }
@@ -316,23 +420,6 @@ impl Sink for JsonSink {
     }
 }
 
-/// Writes numbers one per line.
-struct TextSink {
-    buf: Vec<u8>,
-    first: bool,
-}
-
-impl Sink for TextSink {
-    #[inline]
-    fn push(&mut self, template: &Template, ctx: &RenderCtx<'_>, _id: u64, _degraded: bool) {
-        if !self.first {
-            self.buf.push(b'\n');
-        }
-        self.first = false;
-        template.render(&mut self.buf, ctx);
-    }
-}
-
 fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Full<Bytes>> {
     // A boxed slice: `Bytes` takes it over without allocating a shared header, which a
     // `Vec` with spare capacity would need.
@@ -347,12 +434,52 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> 
     respond(status, "application/json", value.to_string().into_bytes())
 }
 
-/// `GET|POST /numbers/{key}`, `GET /numbers?prefixKey=KEY`
-async fn numbers(
-    state: &HttpState,
-    parts: &Parts,
-    param: Option<&str>,
-) -> Result<Response<Full<Bytes>>, ApiError> {
+/// How far a numbers request got without waiting.
+enum Begun {
+    Done(Response<Full<Bytes>>),
+    Later(PendingNumbers),
+}
+
+/// The rest of a numbers request: a lookup (sequence prefixes, keys not in memory) or a
+/// snowflake batch waiting for the clock or the reservation.
+struct PendingNumbers {
+    body: NumbersBody,
+    rest: Rest,
+}
+
+enum Rest {
+    Lookup {
+        key: String,
+        count: u64,
+    },
+    Continue {
+        entry: Arc<Entry>,
+        left: u64,
+        blocked: Blocked,
+    },
+}
+
+impl PendingNumbers {
+    async fn finish(mut self, service: &Service) -> Result<Response<Full<Bytes>>, ApiError> {
+        match self.rest {
+            Rest::Lookup { key, count } => service.issue(&key, count, &mut self.body).await?,
+            Rest::Continue {
+                entry,
+                left,
+                blocked,
+            } => {
+                service
+                    .issue_rest(&entry, left, blocked, &mut self.body)
+                    .await?
+            }
+        }
+        Ok(self.body.finish())
+    }
+}
+
+/// `GET|POST /numbers/{key}`, `GET /numbers?prefixKey=KEY`: checks the request and issues
+/// what can be issued now.
+fn numbers_begin(state: &HttpState, parts: &Parts, param: Option<&str>) -> Result<Begun, ApiError> {
     let query = parts.uri.query();
     let key = match param {
         Some(raw) => checked_key(raw)?,
@@ -375,37 +502,20 @@ async fn numbers(
         ),
     };
     let n = count.unwrap_or(1);
-    let capacity = (n as usize) * 96 + 16;
-    let service = &state.service;
-    if wants_text(&parts.headers) {
-        let mut sink = TextSink {
-            buf: Vec::with_capacity(capacity),
-            first: true,
-        };
-        service.issue(&key, n, &mut sink).await?;
-        let mut resp = respond(StatusCode::OK, "text/plain; charset=utf-8", sink.buf);
-        no_store(&mut resp);
-        return Ok(resp);
-    }
-    let mut sink = JsonSink {
-        buf: Vec::with_capacity(capacity),
-        first: true,
+    let mut body = NumbersBody::new(count, wants_text(&parts.headers));
+    let rest = match state.service.issue_fast(&key, n, &mut body)? {
+        Fast::Done => return Ok(Begun::Done(body.finish())),
+        Fast::Slow => Rest::Lookup {
+            key: key.into_owned(),
+            count: n,
+        },
+        Fast::Continue(entry, left, blocked) => Rest::Continue {
+            entry,
+            left,
+            blocked,
+        },
     };
-    if count.is_some() {
-        sink.buf.extend_from_slice(b"{\"numbers\":[");
-    }
-    service.issue(&key, n, &mut sink).await?;
-    if count.is_some() {
-        sink.buf.extend_from_slice(b"]}");
-    }
-    let mut resp = respond(StatusCode::OK, "application/json", sink.buf);
-    no_store(&mut resp);
-    Ok(resp)
-}
-
-fn no_store(resp: &mut Response<Full<Bytes>>) {
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(Begun::Later(PendingNumbers { body, rest }))
 }
 
 /// Compares without leaking, through timing, how much of the token matched.
