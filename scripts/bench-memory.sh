@@ -42,11 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-apt_install() {
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null
-}
+# apt_install and pip_install, shared with scripts/test.sh.
+. "$ROOT/scripts/deps.sh"
 
 command -v protoc >/dev/null || apt_install protobuf-compiler
 command -v wrk >/dev/null || apt_install wrk

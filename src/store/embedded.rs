@@ -191,6 +191,11 @@ impl EmbeddedStore {
     }
 }
 
+/// The value of `counter` in the open `seq` table.
+fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u64>, StoreError> {
+    Ok(table.get(counter).map_err(unavailable)?.map(|v| v.value()))
+}
+
 fn hwm_key(dc: u64, worker: u64) -> String {
     format!("{dc}/{worker}")
 }
@@ -282,10 +287,7 @@ impl Store for EmbeddedStore {
         let counter = counter.to_string();
         self.write(move |txn| {
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
-            let stored = table
-                .get(counter.as_str())
-                .map_err(unavailable)?
-                .map(|v| v.value());
+            let stored = stored_seq(&table, &counter)?;
             let current = stored.unwrap_or(initial).max(initial);
             let block =
                 next_block(current, size).ok_or_else(|| StoreError::Overflow(counter.clone()))?;
@@ -306,11 +308,7 @@ impl Store for EmbeddedStore {
         let counter = counter.to_string();
         self.write(move |txn| {
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
-            let stored = table
-                .get(counter.as_str())
-                .map_err(unavailable)?
-                .map(|v| v.value());
-            if stored != Some(block_end) || back_to > block_end {
+            if stored_seq(&table, &counter)? != Some(block_end) || back_to > block_end {
                 return Ok(false);
             }
             table
