@@ -42,66 +42,24 @@ BATCH_KEYS=${BATCH_KEYS:-64}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# WORK, PIDS (stopped on exit), NUMGEN, TOKEN, start_numgen, register, median, build.
+. "$ROOT/scripts/harness.sh" bench-http
 
-WORK=$(mktemp -d -t numgen-bench-http.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# apt_install and pip_install, shared with scripts/test.sh.
-. "$ROOT/scripts/deps.sh"
-
-command -v protoc >/dev/null || apt_install protobuf-compiler
 command -v wrk >/dev/null || apt_install wrk
-command -v curl >/dev/null || apt_install curl
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --quiet --bin numgen --example bare_hyper
-fi
-NUMGEN=$TARGET_DIR/release/numgen
+build --bin numgen --example bare_hyper
 BARE=$TARGET_DIR/release/examples/bare_hyper
 
-# Waits (at most 10 s) for "listening" in a log file and prints the address.
-wait_addr() {
-    local log=$1 pattern=$2 addr=""
-    for _ in $(seq 1 200); do
-        addr=$(grep -o "$pattern" "$log" 2>/dev/null | head -n1 | grep -o '127\.0\.0\.1:[0-9]*' || true)
-        [ -n "$addr" ] && break
-        sleep 0.05
-    done
-    [ -n "$addr" ] || { echo "server did not start; log:" >&2; cat "$log" >&2; exit 1; }
-    echo "$addr"
-}
-
-TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
 [ -n "${WORKERS:-}" ] && export TOKIO_WORKER_THREADS=$WORKERS
-NUMGEN_ADMIN_TOKEN=$TOKEN NUMGEN_LOG_FORMAT=json RUST_LOG=warn,numgen::app=info \
-    "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" 2>"$WORK/numgen.log" &
-PIDS+=($!)
-NUMGEN_PID=$!
-NG=$(wait_addr "$WORK/numgen.log" '"addr":"127\.0\.0\.1:[0-9]*"')
+start_numgen "$WORK/data" "$WORK/numgen.log"
+NUMGEN_PID=$PID
+NG=$ADDR
 
 "$BARE" 0 2>"$WORK/bare.log" &
-PIDS+=($!)
 BARE_PID=$!
-BH=$(wait_addr "$WORK/bare.log" 'listening on 127\.0\.0\.1:[0-9]*')
+PIDS+=("$BARE_PID")
+BH=$(wait_listening "$WORK/bare.log" 'listening on 127\.0\.0\.1:[0-9]*' "$BARE_PID")
 
-register() {
-    local key=$1 body=$2 code
-    code=$(curl -s -o "$WORK/reg.out" -w '%{http_code}' -X POST \
-        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-        --data "$body" "http://$NG/prefix-configs/$key")
-    [ "$code" = 200 ] || { echo "registering $key: HTTP $code $(cat "$WORK/reg.out")" >&2; exit 1; }
-}
 register ORDER '{"format":"ORDER-{year}-{SEQ:6}"}'
 # Same rendered width as ORDER's snowflake numbers; its id is the short counter.
 register INVOICE '{"format":"INV-{year}-{SEQ:20}","mode":"sequence"}'
@@ -124,7 +82,6 @@ to_us() {
     }'
 }
 
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.2f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 minmax() { sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { printf "%.0f-%.0f", lo, hi }'; }
 
 # CPU time (user + system, clock ticks) the process PID has used so far.

@@ -27,68 +27,19 @@ STARTS=${STARTS:-7}
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# WORK, PIDS (stopped on exit), NUMGEN, TOKEN, start_numgen, stop_numgen, median, build.
+. "$ROOT/scripts/harness.sh" bench-memory
 
-WORK=$(mktemp -d -t numgen-bench-memory.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-# apt_install and pip_install, shared with scripts/test.sh.
-. "$ROOT/scripts/deps.sh"
-
-command -v protoc >/dev/null || apt_install protobuf-compiler
 command -v wrk >/dev/null || apt_install wrk
-command -v curl >/dev/null || apt_install curl
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --quiet --bin numgen
-fi
-NUMGEN=$TARGET_DIR/release/numgen
-TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
+build --bin numgen
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
-# start DATA_DIR LOG: starts numgen on a free port; sets PID and ADDR once /ready is 200,
-# and START_MS to the time from exec until then.
+# start DATA_DIR LOG: start_numgen, and START_MS, the time from exec until /ready is 200.
 start() {
-    local dir=$1 log=$2 t0 code="" n
-    ADDR=""
+    local t0
     t0=$(now_ms)
-    NUMGEN_ADMIN_TOKEN=$TOKEN NUMGEN_LOG_FORMAT=json RUST_LOG=warn,numgen::app=info \
-        "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$dir" 2>"$log" &
-    PID=$!
-    PIDS+=("$PID")
-    for n in $(seq 1 5000); do
-        if [ -z "$ADDR" ]; then
-            ADDR=$(grep -o '"addr":"127\.0\.0\.1:[0-9]*"' "$log" 2>/dev/null | head -n1 | grep -o '127[0-9.:]*' || true)
-        fi
-        if [ -n "$ADDR" ]; then
-            code=$(curl -s -o /dev/null -w '%{http_code}' "http://$ADDR/ready" || true)
-            [ "$code" = 200 ] && break
-        fi
-        kill -0 "$PID" 2>/dev/null || { echo "numgen exited; log:" >&2; cat "$log" >&2; exit 1; }
-        [ "$n" -gt 1000 ] && sleep 0.01
-    done
-    [ "$code" = 200 ] || { echo "numgen not ready; log:" >&2; cat "$log" >&2; exit 1; }
+    start_numgen "$1" "$2"
     START_MS=$(($(now_ms) - t0))
-}
-
-# stop: SIGTERM to the last numgen started, and wait for it.
-stop() {
-    kill -TERM "$PID" 2>/dev/null || true
-    wait "$PID" 2>/dev/null || true
 }
 
 startups() {
@@ -97,7 +48,7 @@ startups() {
         [ "$dir" = fresh ] && d="$WORK/fresh$i" || d=$dir
         start "$d" "$WORK/start.log"
         runs+=("$START_MS")
-        stop
+        stop_numgen
     done
     printf '  %-34s median %s ms (runs: %s)\n' "$label" \
         "$(printf '%s\n' "${runs[@]}" | median)" "${runs[*]}"
@@ -177,7 +128,7 @@ if [ "${#samples[@]}" -gt 0 ]; then
 fi
 sleep 5
 echo "  5 s after the run: $(mb "$(rss_kb "$PID")")"
-stop
+stop_numgen
 echo
 
 echo "== start-up with the $PREFIXES prefixes in the data dir =="

