@@ -411,10 +411,11 @@ pub async fn run(
     Ok(())
 }
 
-/// Persists the real highest timestamp used and gives the worker ID up.
+/// Persists the real highest timestamp used and gives the worker ID up. Called with the
+/// node stopping: the prefixes are sealed first, so no number lands above what is persisted.
 async fn release(node: &Node, service: &Service, workers: &dyn WorkerSource, claim: &WorkerClaim) {
     let Some(grant) = node.grant() else { return };
-    let last = service.registry().max_timestamp(node).max(grant.floor);
+    let last = service.registry().seal_all(node).max(grant.floor);
     let unix_ms = node.layout().unix_ms_at(last);
     match workers.release(claim, unix_ms).await {
         Ok(()) => tracing::info!(

@@ -175,11 +175,13 @@ impl Registry {
         self.map.load().values().cloned().collect()
     }
 
-    /// The highest timestamp any snowflake prefix has used on this node.
-    pub fn max_timestamp(&self, node: &Node) -> u64 {
+    /// Seals every snowflake prefix of this node (see [`PrefixClock::seal`]) and returns
+    /// the highest timestamp any of them used: nothing is issued above it afterwards, even
+    /// by a request that was between its checks and its compare-and-swap.
+    pub fn seal_all(&self, node: &Node) -> u64 {
         self.writers()
             .values()
-            .map(|c| c.last_timestamp(node.generator()))
+            .map(|c| c.seal(node.generator()))
             .max()
             .unwrap_or(0)
     }

@@ -119,7 +119,21 @@ impl PrefixClock {
     pub fn last_timestamp(&self, generator: &Generator) -> u64 {
         (self.state.load(Ordering::Acquire) & !DEGRADED_FLAG) >> generator.sequence_bits
     }
+
+    /// Closes the prefix for good and returns the timestamp of the last number it issued
+    /// (0 when none; the layout's last timestamp when it was sealed already). A caller that
+    /// loaded the state before this fails its compare-and-swap, so nothing is issued after
+    /// the value returned here: its retry finds the state at [`SEALED`], far ahead of its
+    /// clock reading, so it reads its bounds again (which refuse when the node is
+    /// stopping); with any bounds, no number lies above [`SEALED`].
+    pub fn seal(&self, generator: &Generator) -> u64 {
+        let old = self.state.swap(SEALED, Ordering::AcqRel);
+        ((old & !DEGRADED_FLAG) >> generator.sequence_bits).min(generator.max_timestamp)
+    }
 }
+
+/// The state of a sealed prefix: the highest packed value, past every layout's timestamps.
+const SEALED: u64 = !DEGRADED_FLAG;
 
 /// Layout-derived constants for [`Generator::next`].
 #[derive(Clone, Copy, Debug)]
@@ -447,6 +461,40 @@ mod tests {
         let got = g.next(&c, u64::MAX, &b).unwrap();
         assert_eq!(got.count, 1 << 51);
         assert_eq!(g.next(&c, 1, &b), Err(NextError::Exhausted));
+    }
+
+    #[test]
+    fn sealing_between_an_issuers_bounds_and_its_swap_leaves_nothing_issued_above_it() {
+        let (_, g) = generator();
+        let c = PrefixClock::new();
+        let b = bounds(100);
+        g.next(&c, 3, &b).unwrap();
+        // The stop path runs after this issuer read its bounds, before its compare-and-swap.
+        let mut calls = 0;
+        let mut sealed_at = None;
+        let got = g.next_with(&c, 1, || {
+            calls += 1;
+            if calls == 1 {
+                sealed_at = Some(c.seal(&g));
+                Ok(b)
+            } else {
+                Err("stopping")
+            }
+        });
+        assert_eq!(got, Err("stopping"), "the retry must read its bounds again");
+        assert_eq!(sealed_at, Some(100));
+        // Whatever the bounds, a sealed prefix issues nothing.
+        for b in [bounds(100), bounds(1 << 30)] {
+            assert!(g.next(&c, 1, &b).is_err());
+            let degraded = Bounds {
+                degraded: Some(DegradeReason::LeaseLost),
+                ..b
+            };
+            assert!(g.next(&c, 1, &degraded).is_err());
+        }
+        // Sealed twice: the layout's last timestamp, never an overflow.
+        assert_eq!(c.seal(&g), g.max_timestamp);
+        assert_eq!(PrefixClock::new().seal(&g), 0);
     }
 
     #[test]

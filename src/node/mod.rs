@@ -198,20 +198,23 @@ impl Node {
                 retry_after: Duration::from_secs(1),
             });
         };
-        let flags = self.flags.load(Ordering::Acquire);
-        if flags & (STARTING | STOPPING) != 0 {
-            let reason = if flags & STOPPING != 0 {
-                "shutting down"
-            } else {
-                "waiting for the clock to pass this worker ID's reserved timestamp"
-            };
-            return Err(Blocked::NotReady {
-                reason,
-                retry_after: Duration::from_secs(1),
-            });
-        }
         let mut reading = None;
+        let mut flags = 0;
+        // Read with the bounds, again on every retry: an issue that lost its race to
+        // `Registry::seal_all` at shutdown retries into STOPPING and refuses.
         let bounds = || {
+            flags = self.flags.load(Ordering::Acquire);
+            if flags & (STARTING | STOPPING) != 0 {
+                let reason = if flags & STOPPING != 0 {
+                    "shutting down"
+                } else {
+                    "waiting for the clock to pass this worker ID's reserved timestamp"
+                };
+                return Err(Blocked::NotReady {
+                    reason,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
             let r = self.observe();
             reading = Some(r);
             let mut now = r.now;
@@ -689,6 +692,54 @@ mod tests {
         assert!(n.try_issue(&p, 1).is_ok());
         n.set_stopping();
         assert_eq!(n.readiness().reasons, vec!["stopping"]);
+    }
+
+    #[test]
+    fn nothing_is_issued_above_the_timestamp_sealed_at_stop() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = Arc::new(granted(&clock, Policy::Degrade, Policy::Degrade));
+        let p = Arc::new(PrefixClock::new());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let issuers: Vec<_> = (0..3)
+            .map(|_| {
+                let (n, p, stop) = (n.clone(), p.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut last_ts = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Ok(i) = n.try_issue(&p, 1) {
+                            last_ts = last_ts.max(n.generator().timestamp_of(i.batch.first));
+                        }
+                    }
+                    last_ts
+                })
+            })
+            .collect();
+        // Time moves while they issue, so later numbers carry later timestamps.
+        for _ in 0..200 {
+            clock.advance(1);
+            std::thread::yield_now();
+        }
+        n.set_stopping();
+        let sealed = p.seal(n.generator());
+        for _ in 0..50 {
+            clock.advance(1);
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in issuers {
+            let last = t.join().unwrap();
+            assert!(
+                last <= sealed,
+                "issued at {last}, after sealing at {sealed}"
+            );
+        }
+        assert!(matches!(
+            n.try_issue(&p, 1),
+            Err(Blocked::NotReady {
+                reason: "shutting down",
+                ..
+            })
+        ));
     }
 
     #[test]
