@@ -12,8 +12,8 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::server::{Client, Resp, Server, ServerOpts};
-use serde::Deserialize;
+use common::rng::Rng;
+use common::server::{Client, Server, ServerOpts};
 
 /// Connections (one thread and one keep-alive [`Client`] each).
 const CONNS: usize = 16;
@@ -25,55 +25,6 @@ const MIXED_PER_CONN: usize = 1_000;
 const MAX_BATCH: u32 = 500;
 /// How many 503s one connection retries (none is expected here).
 const MAX_503_RETRIES: usize = 200;
-
-/// One number of a response; other fields are ignored.
-#[derive(Deserialize)]
-struct Issued {
-    id: String,
-    degraded: bool,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    numbers: Vec<Issued>,
-}
-
-/// xorshift64*: reproducible choices without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
-fn id_of(path: &str, n: &Issued) -> u64 {
-    assert!(
-        !n.degraded,
-        "GET {path}: number {} is degraded, with no clock or lease trouble",
-        n.id
-    );
-    n.id.parse()
-        .unwrap_or_else(|e| panic!("GET {path}: id {:?} is not a u64: {e}", n.id))
-}
-
-/// The ids of a 200 response, in issue order.
-fn ids_of(path: &str, r: &Resp, batch: bool) -> Vec<u64> {
-    let parsed = if batch {
-        serde_json::from_slice::<Batch>(&r.body).map(|b| b.numbers)
-    } else {
-        serde_json::from_slice::<Issued>(&r.body).map(|n| vec![n])
-    };
-    let numbers = parsed.unwrap_or_else(|e| panic!("GET {path}: {e}: {}", r.text()));
-    numbers.iter().map(|n| id_of(path, n)).collect()
-}
 
 /// What one connection received.
 struct Got {
@@ -99,7 +50,9 @@ fn issue(c: &mut Client, keys: &[String], p: usize, count: Option<u32>, got: &mu
             .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         match r.status {
             200 => {
-                let ids = ids_of(&path, &r, count.is_some());
+                let ids = r
+                    .ids(count.is_some())
+                    .unwrap_or_else(|e| panic!("GET {path}: {e}"));
                 let want = count.unwrap_or(1) as usize;
                 assert_eq!(ids.len(), want, "GET {path}: {} numbers", ids.len());
                 got.ids[p].extend_from_slice(&ids);
@@ -279,7 +232,7 @@ fn a_hundred_snowflake_prefixes_at_once() {
     let run = drive(&s, keys.len(), |conn, c, got| {
         let mut rng = Rng::new(conn as u64 + 1);
         for _ in 0..PER_CONN {
-            let p = rng.below(keys.len() as u64) as usize;
+            let p = rng.below(keys.len());
             issue(c, &keys, p, None, got);
         }
     });
@@ -313,7 +266,7 @@ fn mixed(name: &str, config: &str) -> (Server, Vec<u64>) {
         for _ in 0..MIXED_PER_CONN {
             let count = match rng.below(2) {
                 0 => None,
-                _ => Some(1 + rng.below(u64::from(MAX_BATCH)) as u32),
+                _ => Some(1 + rng.below(MAX_BATCH as usize) as u32),
             };
             issue(c, &keys, 0, count, got);
         }

@@ -21,6 +21,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::rng::Rng;
 use common::server::{Client, Resp, Server, ServerOpts};
 use serde::Deserialize;
 
@@ -123,33 +124,6 @@ enum Plan {
     Mixed(u64),
 }
 
-/// xorshift64*: reproducible choices without a crate.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
-}
-
-#[derive(Deserialize)]
-struct Issued {
-    id: String,
-    degraded: bool,
-}
-
-#[derive(Deserialize)]
-struct Batch {
-    numbers: Vec<Issued>,
-}
-
 #[derive(Deserialize)]
 struct Nodes {
     nodes: Vec<NodeInfo>,
@@ -175,23 +149,6 @@ fn node_id_of(r: &Resp) -> Option<String> {
 fn node_id(s: &Server) -> String {
     let r = s.get("/cluster/nodes");
     node_id_of(&r).unwrap_or_else(|| panic!("/cluster/nodes: {} {}", r.status, r.text()))
-}
-
-/// The ids of a 200 answer, or why it is not one.
-fn ids_of(r: &Resp, batch: bool) -> Result<Vec<u64>, String> {
-    let numbers = if batch {
-        serde_json::from_slice::<Batch>(&r.body).map(|b| b.numbers)
-    } else {
-        serde_json::from_slice::<Issued>(&r.body).map(|n| vec![n])
-    }
-    .map_err(|e| format!("{e}: {}", r.text()))?;
-    numbers
-        .iter()
-        .map(|n| match (n.degraded, n.id.parse()) {
-            (false, Ok(id)) => Ok(id),
-            _ => Err(format!("bad number (degraded or not a u64): {}", r.text())),
-        })
-        .collect()
 }
 
 /// True for a transport error that means the connection ended before a response began.
@@ -232,10 +189,10 @@ fn load(target: Arc<Target>, plan: Plan) -> Log {
         let (prefix, count) = match plan {
             Plan::Single(p) => (p, None),
             Plan::Mixed(_) => {
-                let p = rng.below(2) as usize;
+                let p = rng.below(2);
                 match rng.below(2) {
                     0 => (p, None),
-                    _ => (p, Some(1 + rng.below(MAX_BATCH))),
+                    _ => (p, Some(1 + rng.below(MAX_BATCH as usize) as u64)),
                 }
             }
         };
@@ -256,7 +213,7 @@ fn load(target: Arc<Target>, plan: Plan) -> Log {
             }
         };
         let outcome = match r.status {
-            200 => match ids_of(&r, count.is_some()) {
+            200 => match r.ids(count.is_some()) {
                 Ok(ids) if ids.len() as u64 == count.unwrap_or(1) => {
                     target.ok[prefix].fetch_add(1, Ordering::Relaxed);
                     Outcome::Numbers(ids)
@@ -646,7 +603,7 @@ fn sigterm_under_load_drains_then_restarts_ready_and_dense() {
         first.answers.push(Answer {
             node: node.clone(),
             prefix,
-            outcome: Outcome::Numbers(ids_of(&r, false).expect("a number")),
+            outcome: Outcome::Numbers(r.ids(false).expect("a number")),
         });
     }
     nodes.push(node.to_string());
@@ -689,7 +646,7 @@ fn sigterm_under_load_drains_then_restarts_ready_and_dense() {
 #[test]
 fn a_second_server_on_a_data_dir_in_use_does_not_start() {
     let s = server_with_prefixes();
-    let first = ids_of(&s.get("/numbers/INV"), false).expect("a number");
+    let first = s.get("/numbers/INV").ids(false).expect("a number");
     let dir = s.data_dir().to_path_buf();
     let err = match Server::try_start(ServerOpts::default().data_dir(&dir)) {
         Ok(_) => panic!("a second server started on {}", dir.display()),
@@ -704,6 +661,6 @@ fn a_second_server_on_a_data_dir_in_use_does_not_start() {
         "want a message naming the data dir in use: {err}"
     );
     // The first one is untouched.
-    let next = ids_of(&s.get("/numbers/INV"), false).expect("a number");
+    let next = s.get("/numbers/INV").ids(false).expect("a number");
     assert_eq!(next, vec![first[0] + 1]);
 }

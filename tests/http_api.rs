@@ -9,6 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::rng::Rng;
 use common::server::{Client, Resp, Server, ServerOpts, assert_error};
 use serde_json::{Value, json};
 
@@ -1183,29 +1184,6 @@ fn concurrent_issuing_across_config_changes_never_repeats() {
     };
     // Strict and never replaced: dense from 1.
     assert_eq!(strict, (1..=strict.len() as u64).collect::<Vec<_>>());
-}
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-    /// Up to `max` random bytes.
-    fn bytes(&mut self, max: usize) -> Vec<u8> {
-        let n = self.below(max + 1);
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// A piece of junk for a path: escapes, odd characters, raw bytes (some not UTF-8).

@@ -473,6 +473,37 @@ impl Resp {
         self.header("connection")
             .is_some_and(|v| v.eq_ignore_ascii_case("close"))
     }
+
+    /// The ids of a 200 numbers answer (`batch`: a `count=` request), in issue order; an
+    /// error naming the body when it does not parse, or when a number is degraded (no test
+    /// that calls this makes clock or lease trouble) or its id is not a u64.
+    pub fn ids(&self, batch: bool) -> Result<Vec<u64>, String> {
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            id: String,
+            degraded: bool,
+        }
+        #[derive(serde::Deserialize)]
+        struct Batch {
+            numbers: Vec<Issued>,
+        }
+        let numbers = if batch {
+            serde_json::from_slice::<Batch>(&self.body).map(|b| b.numbers)
+        } else {
+            serde_json::from_slice::<Issued>(&self.body).map(|n| vec![n])
+        }
+        .map_err(|e| format!("{e}: {}", self.text()))?;
+        numbers
+            .iter()
+            .map(|n| match (n.degraded, n.id.parse()) {
+                (false, Ok(id)) => Ok(id),
+                (true, _) => Err(format!("number {} is degraded: {}", n.id, self.text())),
+                (false, Err(e)) => {
+                    Err(format!("id {:?} is not a u64 ({e}): {}", n.id, self.text()))
+                }
+            })
+            .collect()
+    }
 }
 
 /// A blocking HTTP/1.1 client on one keep-alive connection.
