@@ -46,6 +46,23 @@ pub enum Reset {
     Daily,
 }
 
+impl Reset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reset::Never => "never",
+            Reset::Yearly => "yearly",
+            Reset::Monthly => "monthly",
+            Reset::Daily => "daily",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reset> {
+        [Reset::Never, Reset::Yearly, Reset::Monthly, Reset::Daily]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
 /// A fixed UTC offset, written `+08:00`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct UtcOffset {
@@ -210,15 +227,12 @@ impl PrefixConfig {
             }
         };
         let reset = match reset.as_deref() {
-            None | Some("never") => Reset::Never,
-            Some("yearly") => Reset::Yearly,
-            Some("monthly") => Reset::Monthly,
-            Some("daily") => Reset::Daily,
-            Some(other) => {
-                return Err(field(format!(
-                    "reset must be 'never', 'yearly', 'monthly' or 'daily' (got '{other}')"
-                )));
-            }
+            None => Reset::Never,
+            Some(name) => Reset::parse(name).ok_or_else(|| {
+                field(format!(
+                    "reset must be 'never', 'yearly', 'monthly' or 'daily' (got '{name}')"
+                ))
+            })?,
         };
         let utc_offset = match utc_offset.as_deref() {
             None => UtcOffset::default(),

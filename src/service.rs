@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::node::{Blocked, Node};
 use crate::prefix::{ConfigError, Mode, PrefixConfig};
 use crate::sequence::{SeqAllocator, SeqError};
-use crate::store::{Replaced, Store, StoreError};
+use crate::store::{Store, StoreError, Written};
 
 type Map = HashMap<Arc<str>, Arc<Entry>, foldhash::fast::RandomState>;
 
@@ -87,12 +87,35 @@ pub enum AdminError {
         from: &'static str,
         to: &'static str,
     },
+    #[error(
+        "reset cannot change from '{from}' to '{to}': this prefix's counters were made under '{from}' (also if it was deleted since) and a new reset would start them again; register a new prefix instead"
+    )]
+    ResetChange {
+        from: &'static str,
+        to: &'static str,
+    },
     #[error("Prefix '{0}' not found")]
     NotFound(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+/// The admin error of a config write the store refused.
+fn refused(written: Written, config: &PrefixConfig) -> Result<(), AdminError> {
+    match written {
+        Written::Created | Written::Replaced => Ok(()),
+        Written::Exists => Err(AdminError::Exists),
+        Written::ModeChange(from) => Err(AdminError::ModeChange {
+            from: from.as_str(),
+            to: config.mode.as_str(),
+        }),
+        Written::ResetChange(from) => Err(AdminError::ResetChange {
+            from: from.as_str(),
+            to: config.reset.as_str(),
+        }),
+    }
 }
 
 pub struct Registry {
@@ -567,9 +590,7 @@ impl Service {
     /// `POST /prefix-configs/{key}`
     pub async fn register(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
         let (config, _) = PrefixConfig::from_request(body)?;
-        if !self.store.create_prefix(key, &config).await? {
-            return Err(AdminError::Exists);
-        }
+        refused(self.store.create_prefix(key, &config).await?, &config)?;
         self.apply(key, config.clone())?;
         tracing::info!(prefix = key, config = %config.to_log_json(), "prefix registered");
         Ok(config)
@@ -578,15 +599,7 @@ impl Service {
     /// `PUT /prefix-configs/{key}`
     pub async fn replace(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
         let (config, _) = PrefixConfig::from_request(body)?;
-        match self.store.replace_prefix(key, &config).await? {
-            Replaced::ModeChange(from) => {
-                return Err(AdminError::ModeChange {
-                    from: from.as_str(),
-                    to: config.mode.as_str(),
-                });
-            }
-            Replaced::Created | Replaced::Replaced => {}
-        }
+        refused(self.store.replace_prefix(key, &config).await?, &config)?;
         self.apply(key, config.clone())?;
         tracing::info!(prefix = key, config = %config.to_log_json(), "prefix config replaced");
         Ok(config)
@@ -809,10 +822,10 @@ mod tests {
         async fn get_prefix(&self, _: &str) -> Result<Option<PrefixConfig>, StoreError> {
             stall().await
         }
-        async fn create_prefix(&self, _: &str, _: &PrefixConfig) -> Result<bool, StoreError> {
+        async fn create_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Written, StoreError> {
             stall().await
         }
-        async fn replace_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Replaced, StoreError> {
+        async fn replace_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Written, StoreError> {
             stall().await
         }
         async fn delete_prefix(&self, _: &str) -> Result<bool, StoreError> {

@@ -954,6 +954,50 @@ fn deleted_prefixes_never_repeat_a_number() {
 }
 
 #[test]
+fn a_sequence_prefix_cannot_change_its_reset_so_no_number_repeats() {
+    let mut s = Server::start(ServerOpts::default());
+    let never = r#"{"format":"INV-{year}-{SEQ:6}","mode":"sequence"}"#;
+    let yearly = r#"{"format":"INV-{year}-{SEQ:6}","mode":"sequence","reset":"yearly"}"#;
+    s.register("RST", never);
+    let mut seen: Vec<(String, u64)> = (0..3).map(|_| next(&s, "RST")).collect();
+    // A yearly counter would start at 1 again in this year: INV-<year>-000001 twice.
+    let r = s.admin("PUT", "/prefix-configs/RST", yearly);
+    let body = assert_error(&r, 409, "MODE_CHANGE");
+    assert!(
+        body["error"].as_str().unwrap_or("").contains("reset"),
+        "{body}"
+    );
+    assert_eq!(
+        s.admin("GET", "/prefix-configs/RST", "").json()["config"]["reset"],
+        "never"
+    );
+    seen.push(next(&s, "RST"));
+    // Nor by deleting the prefix first, also across a restart.
+    assert_eq!(s.admin("DELETE", "/prefix-configs/RST", "").status, 200);
+    refused(&s, "RST", yearly, 409, "MODE_CHANGE");
+    let r = s.admin("PUT", "/prefix-configs/RST", yearly);
+    assert_error(&r, 409, "MODE_CHANGE");
+    s.restart();
+    refused(&s, "RST", yearly, 409, "MODE_CHANGE");
+    assert_error(&s.get("/numbers/RST"), 400, "PREFIX_NOT_REGISTERED");
+    // The same reset comes back and counts on.
+    s.register("RST", never);
+    seen.push(next(&s, "RST"));
+    for w in seen.windows(2) {
+        assert!(w[1].1 > w[0].1, "{seen:?}");
+        assert_ne!(w[1].0, w[0].0);
+    }
+    // Another format, offset or initial_seq is not another reset.
+    let r = s.admin(
+        "PUT",
+        "/prefix-configs/RST",
+        r#"{"format":"NEW-{SEQ:8}","mode":"sequence","utc_offset":"+08:00","initial_seq":2}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(next(&s, "RST").1 > seen.last().map_or(0, |n| n.1));
+}
+
+#[test]
 fn a_graceful_stop_gives_the_sequence_tail_back() {
     let mut s = Server::start(ServerOpts::default());
     s.register("TAIL", r#"{"format":"T-{SEQ:3}","mode":"sequence"}"#);

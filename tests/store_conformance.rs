@@ -74,7 +74,7 @@ mod suite {
     use std::sync::Arc;
 
     use numgen::prefix::{Mode, Reset, UtcOffset};
-    use numgen::store::{Replaced, SeqBlock, Store, StoreError, counter_name};
+    use numgen::store::{SeqBlock, Store, StoreError, Written, counter_name};
 
     use super::config;
 
@@ -86,8 +86,14 @@ mod suite {
         let first = config("INV-{SEQ:6}", Mode::Sequence);
         let second = config("OTHER-{SEQ:6}", Mode::Sequence);
         assert_eq!(s.get_prefix("INV").await.unwrap(), None);
-        assert!(s.create_prefix("INV", &first).await.unwrap());
-        assert!(!s.create_prefix("INV", &second).await.unwrap());
+        assert_eq!(
+            s.create_prefix("INV", &first).await.unwrap(),
+            Written::Created
+        );
+        assert_eq!(
+            s.create_prefix("INV", &second).await.unwrap(),
+            Written::Exists
+        );
         // The loser changed nothing.
         assert_eq!(s.get_prefix("INV").await.unwrap(), Some(first));
     }
@@ -96,7 +102,7 @@ mod suite {
         let first = config("ORDER-{SEQ:6}", Mode::Snowflake);
         assert_eq!(
             s.replace_prefix("ORDER", &first).await.unwrap(),
-            Replaced::Created
+            Written::Created
         );
         assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(first));
 
@@ -112,7 +118,7 @@ mod suite {
         };
         assert_eq!(
             s.replace_prefix("ORDER", &second).await.unwrap(),
-            Replaced::Replaced
+            Written::Replaced
         );
         assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(second.clone()));
 
@@ -120,7 +126,7 @@ mod suite {
         let other_mode = config("ORD-{SEQ:8}", Mode::Sequence);
         assert_eq!(
             s.replace_prefix("ORDER", &other_mode).await.unwrap(),
-            Replaced::ModeChange(Mode::Snowflake)
+            Written::ModeChange(Mode::Snowflake)
         );
         assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(second));
 
@@ -128,7 +134,7 @@ mod suite {
         assert!(s.delete_prefix("ORDER").await.unwrap());
         assert_eq!(
             s.replace_prefix("ORDER", &other_mode).await.unwrap(),
-            Replaced::Created
+            Written::Created
         );
         assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(other_mode));
     }
@@ -136,10 +142,11 @@ mod suite {
     pub async fn delete_keeps_counters(s: Arc<dyn Store>) {
         let period = counter_name("INV", Some("2025"));
         assert!(!s.delete_prefix("INV").await.unwrap());
-        assert!(
+        assert_eq!(
             s.create_prefix("INV", &config("INV-{SEQ:6}", Mode::Sequence))
                 .await
-                .unwrap()
+                .unwrap(),
+            Written::Created
         );
         assert_eq!(s.reserve_seq("INV", 10, 0).await.unwrap(), block(1, 10));
         assert_eq!(s.reserve_seq(&period, 5, 0).await.unwrap(), block(1, 5));
@@ -151,12 +158,87 @@ mod suite {
         // Counters outlive their config, so registering the key again repeats nothing.
         assert_eq!(s.get_seq("INV").await.unwrap(), Some(10));
         assert_eq!(s.get_seq(&period).await.unwrap(), Some(5));
-        assert!(
+        assert_eq!(
             s.create_prefix("INV", &config("INV-{SEQ:6}", Mode::Sequence))
                 .await
-                .unwrap()
+                .unwrap(),
+            Written::Created
         );
         assert_eq!(s.reserve_seq("INV", 10, 0).await.unwrap(), block(11, 20));
+    }
+
+    pub async fn reset_binding(s: Arc<dyn Store>) {
+        let never = config("INV-{SEQ:6}", Mode::Sequence);
+        let yearly = super::PrefixConfig {
+            reset: Reset::Yearly,
+            ..never.clone()
+        };
+        let wider = super::PrefixConfig {
+            format: "INV-{SEQ:8}".into(),
+            seq_length: 8,
+            ..never.clone()
+        };
+        assert_eq!(
+            s.create_prefix("INV", &never).await.unwrap(),
+            Written::Created
+        );
+        // Another format keeps the counters; another reset would start new ones: refused,
+        // and nothing is written.
+        assert_eq!(
+            s.replace_prefix("INV", &wider).await.unwrap(),
+            Written::Replaced
+        );
+        assert_eq!(
+            s.replace_prefix("INV", &yearly).await.unwrap(),
+            Written::ResetChange(Reset::Never)
+        );
+        assert_eq!(s.get_prefix("INV").await.unwrap(), Some(wider));
+
+        // The binding outlives DELETE, and a spell in snowflake mode.
+        assert!(s.delete_prefix("INV").await.unwrap());
+        assert_eq!(
+            s.create_prefix("INV", &yearly).await.unwrap(),
+            Written::ResetChange(Reset::Never)
+        );
+        assert_eq!(
+            s.replace_prefix("INV", &yearly).await.unwrap(),
+            Written::ResetChange(Reset::Never)
+        );
+        assert_eq!(s.get_prefix("INV").await.unwrap(), None);
+        let snow = config("INV-{SEQ:6}", Mode::Snowflake);
+        assert_eq!(
+            s.create_prefix("INV", &snow).await.unwrap(),
+            Written::Created
+        );
+        assert!(s.delete_prefix("INV").await.unwrap());
+        assert_eq!(
+            s.create_prefix("INV", &yearly).await.unwrap(),
+            Written::ResetChange(Reset::Never)
+        );
+        assert_eq!(
+            s.create_prefix("INV", &never).await.unwrap(),
+            Written::Created
+        );
+
+        // Snowflake prefixes bind nothing; the first sequence config does, through PUT too.
+        assert_eq!(
+            s.create_prefix("SNOW", &snow).await.unwrap(),
+            Written::Created
+        );
+        assert!(s.delete_prefix("SNOW").await.unwrap());
+        let daily = super::PrefixConfig {
+            reset: Reset::Daily,
+            ..never.clone()
+        };
+        assert_eq!(
+            s.replace_prefix("SNOW", &daily).await.unwrap(),
+            Written::Created
+        );
+        assert!(s.delete_prefix("SNOW").await.unwrap());
+        assert_eq!(
+            s.create_prefix("SNOW", &never).await.unwrap(),
+            Written::ResetChange(Reset::Daily)
+        );
     }
 
     pub async fn list(s: Arc<dyn Store>) {
@@ -167,7 +249,7 @@ mod suite {
             ("c.1-x_y".to_string(), config("C-{SEQ:6}", Mode::Snowflake)),
         ];
         for (key, cfg) in &want {
-            assert!(s.create_prefix(key, cfg).await.unwrap());
+            assert_eq!(s.create_prefix(key, cfg).await.unwrap(), Written::Created);
         }
         // Counters and high timestamps are not prefixes.
         s.reserve_seq("b", 1, 0).await.unwrap();
@@ -388,6 +470,7 @@ conformance!(
     create_twice,
     replace,
     delete_keeps_counters,
+    reset_binding,
     list,
     reserve_from_initial,
     overflow,
@@ -445,7 +528,7 @@ async fn etcd_keys_follow_the_spec_layout() {
     assert_eq!(store.key("layout"), "/t/numgen/layout");
 
     let cfg = config("ORDER-{SEQ:6}", Mode::Sequence);
-    assert!(store.create_prefix("ORDER", &cfg).await.unwrap());
+    assert!(store.create_prefix("ORDER", &cfg).await.unwrap().wrote());
     store.reserve_seq("ORDER", 10, 0).await.unwrap();
     store.reserve_seq("ORDER/2025", 5, 0).await.unwrap();
     store.store_hwm(1, 7, 1_763_700_000_000).await.unwrap();
@@ -459,6 +542,7 @@ async fn etcd_keys_follow_the_spec_layout() {
             ("/t/numgen/hwm/1/7".into(), "1763700000000".into()),
             ("/t/numgen/layout".into(), "L1".into()),
             ("/t/numgen/prefixes/ORDER".into(), json),
+            ("/t/numgen/seq-reset/ORDER".into(), "never".into()),
             ("/t/numgen/seq/ORDER".into(), "10".into()),
             ("/t/numgen/seq/ORDER/2025".into(), "5".into()),
         ]

@@ -172,7 +172,9 @@ impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::Exists => ApiError::PrefixExists,
-            AdminError::ModeChange { .. } => ApiError::ModeChange(e.to_string()),
+            AdminError::ModeChange { .. } | AdminError::ResetChange { .. } => {
+                ApiError::ModeChange(e.to_string())
+            }
             AdminError::NotFound(_) => ApiError::NotFound(e.to_string()),
             AdminError::Config(c) => c.into(),
             AdminError::Storage(s) => s.into(),

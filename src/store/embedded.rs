@@ -12,13 +12,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{DEFAULT_TIMEOUT, Replaced, SeqBlock, Store, StoreError, bounded, next_block};
-use crate::prefix::PrefixConfig;
+use super::{
+    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, plan_write,
+    reset_to_bind,
+};
+use crate::prefix::{PrefixConfig, Reset};
 
 const PREFIXES: TableDefinition<&str, &str> = TableDefinition::new("prefixes");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("seq");
 const HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// The reset a sequence prefix's counters are bound to (kept after DELETE).
+const SEQ_RESET: TableDefinition<&str, &str> = TableDefinition::new("seq_reset");
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -134,6 +139,7 @@ impl EmbeddedStore {
             txn.open_table(SEQ).map_err(unavailable)?;
             txn.open_table(HWM).map_err(unavailable)?;
             txn.open_table(META).map_err(unavailable)?;
+            txn.open_table(SEQ_RESET).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -189,6 +195,49 @@ impl EmbeddedStore {
         })
         .await
     }
+
+    /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] and
+    /// written in one transaction.
+    async fn write_prefix(
+        &self,
+        key: &str,
+        config: &PrefixConfig,
+        create_only: bool,
+    ) -> Result<Written, StoreError> {
+        let (key, json, config) = (key.to_string(), encode(config)?, config.clone());
+        self.write(move |txn| {
+            let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
+            let mut bound = txn.open_table(SEQ_RESET).map_err(unavailable)?;
+            let existing = table
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode(&key, v.value()))
+                .transpose()?;
+            let bound_reset = bound
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .map(|v| {
+                    Reset::parse(v.value()).ok_or_else(|| StoreError::Corrupt {
+                        key: format!("seq_reset/{key}"),
+                        detail: format!("unknown reset {:?}", v.value()),
+                    })
+                })
+                .transpose()?;
+            let outcome = plan_write(existing.as_ref(), bound_reset, &config, create_only);
+            if outcome.wrote() {
+                table
+                    .insert(key.as_str(), json.as_str())
+                    .map_err(unavailable)?;
+                if let Some(reset) = reset_to_bind(&config, bound_reset) {
+                    bound
+                        .insert(key.as_str(), reset.as_str())
+                        .map_err(unavailable)?;
+                }
+            }
+            Ok(outcome)
+        })
+        .await
+    }
 }
 
 /// The value of `counter` in the open `seq` table.
@@ -227,45 +276,16 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<bool, StoreError> {
-        let (key, json) = (key.to_string(), encode(config)?);
-        self.write(move |txn| {
-            let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            if table.get(key.as_str()).map_err(unavailable)?.is_some() {
-                return Ok(false);
-            }
-            table
-                .insert(key.as_str(), json.as_str())
-                .map_err(unavailable)?;
-            Ok(true)
-        })
-        .await
+    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, true).await
     }
 
     async fn replace_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
-    ) -> Result<Replaced, StoreError> {
-        let (key, json, mode) = (key.to_string(), encode(config)?, config.mode);
-        self.write(move |txn| {
-            let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let existing = table
-                .get(key.as_str())
-                .map_err(unavailable)?
-                .map(|v| decode(&key, v.value()))
-                .transpose()?;
-            let outcome = match existing {
-                Some(old) if old.mode != mode => return Ok(Replaced::ModeChange(old.mode)),
-                Some(_) => Replaced::Replaced,
-                None => Replaced::Created,
-            };
-            table
-                .insert(key.as_str(), json.as_str())
-                .map_err(unavailable)?;
-            Ok(outcome)
-        })
-        .await
+    ) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, false).await
     }
 
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {

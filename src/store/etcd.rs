@@ -24,9 +24,12 @@ use etcd_client::{
     KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 
-use super::{DEFAULT_TIMEOUT, Replaced, SeqBlock, Store, StoreError, bounded, next_block};
+use super::{
+    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, plan_write,
+    reset_to_bind,
+};
 use crate::config::EtcdConfig;
-use crate::prefix::PrefixConfig;
+use crate::prefix::{PrefixConfig, Reset};
 
 /// How long one TCP (and TLS) connection attempt to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -243,6 +246,79 @@ impl EtcdStore {
         self.key(&format!("prefixes/{key}"))
     }
 
+    /// The reset a sequence prefix's counters are bound to (kept after DELETE).
+    fn seq_reset_key(&self, key: &str) -> String {
+        self.key(&format!("seq-reset/{key}"))
+    }
+
+    /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
+    /// reset binding are read together, decided by [`plan_write`], and written by one
+    /// transaction guarded on both being as read, so that no concurrent write slips in
+    /// between check and write.
+    async fn write_prefix(
+        &self,
+        key: &str,
+        config: &PrefixConfig,
+        create_only: bool,
+    ) -> Result<Written, StoreError> {
+        let (key, bind_key, json) = (
+            self.prefix_key(key),
+            self.seq_reset_key(key),
+            encode(config)?,
+        );
+        bounded(self.timeout, async {
+            let mut kv = self.kv();
+            loop {
+                let both = Txn::new().and_then([
+                    TxnOp::get(key.as_str(), None),
+                    TxnOp::get(bind_key.as_str(), None),
+                ]);
+                let resp = kv.txn(both).await.map_err(unavailable)?;
+                let mut seen = resp.op_responses().into_iter().map(|r| match r {
+                    TxnOpResponse::Get(get) => Seen::from_kvs(get.kvs()),
+                    _ => Seen::from_kvs(&[]),
+                });
+                let (stored, bound) = (
+                    seen.next().unwrap_or(Seen::from_kvs(&[])),
+                    seen.next().unwrap_or(Seen::from_kvs(&[])),
+                );
+                let existing = stored
+                    .value
+                    .as_deref()
+                    .map(|v| decode(&key, v))
+                    .transpose()?;
+                let bound_reset = bound
+                    .value
+                    .as_deref()
+                    .map(|v| {
+                        std::str::from_utf8(v)
+                            .ok()
+                            .and_then(Reset::parse)
+                            .ok_or_else(|| corrupt(&bind_key, "unknown reset"))
+                    })
+                    .transpose()?;
+                let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
+                if !outcome.wrote() {
+                    return Ok(outcome);
+                }
+                let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
+                if let Some(reset) = reset_to_bind(config, bound_reset) {
+                    writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
+                }
+                let txn = Txn::new()
+                    .when([
+                        unchanged(&key, stored.revision),
+                        unchanged(&bind_key, bound.revision),
+                    ])
+                    .and_then(writes);
+                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
+                    return Ok(outcome);
+                }
+            }
+        })
+        .await
+    }
+
     fn hwm_key(&self, dc: u64, worker: u64) -> String {
         self.key(&format!("hwm/{dc}/{worker}"))
     }
@@ -321,44 +397,16 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<bool, StoreError> {
-        let (key, json) = (self.prefix_key(key), encode(config)?);
-        bounded(self.timeout, async {
-            let txn = Txn::new().when([unchanged(&key, 0)]).and_then([TxnOp::put(
-                key.as_str(),
-                json,
-                None,
-            )]);
-            let resp = self.kv().txn(txn).await.map_err(unavailable)?;
-            Ok(resp.succeeded())
-        })
-        .await
+    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, true).await
     }
 
     async fn replace_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
-    ) -> Result<Replaced, StoreError> {
-        let (key, json, mode) = (self.prefix_key(key), encode(config)?, config.mode);
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            let mut seen = read(&mut kv, &key).await?;
-            loop {
-                // The mode is checked against the value the write is guarded on, so a
-                // concurrent change of mode cannot slip in between check and write.
-                let outcome = match seen.value.as_deref().map(|v| decode(&key, v)).transpose()? {
-                    Some(old) if old.mode != mode => return Ok(Replaced::ModeChange(old.mode)),
-                    Some(_) => Replaced::Replaced,
-                    None => Replaced::Created,
-                };
-                match put_if_unchanged(&mut kv, &key, seen.revision, json.as_str()).await? {
-                    None => return Ok(outcome),
-                    Some(now) => seen = now,
-                }
-            }
-        })
-        .await
+    ) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, false).await
     }
 
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::prefix::{Mode, PrefixConfig};
+use crate::prefix::{Mode, PrefixConfig, Reset};
 
 /// How long a store call may take before it counts as failed (SPEC 3.4: 2 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -48,13 +48,62 @@ impl SeqBlock {
     }
 }
 
-/// What `replace_prefix` did.
+/// What a config write did (`create_prefix`, `replace_prefix`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Replaced {
+pub enum Written {
     Created,
     Replaced,
+    /// Nothing written: `create_prefix` found a config.
+    Exists,
     /// Nothing written: the stored config has this other mode.
     ModeChange(Mode),
+    /// Nothing written: the prefix's sequence counters were made under this other `reset`.
+    /// Their names depend on it (`seq/{key}` or `seq/{key}/{period}`), so a change would
+    /// start a fresh counter and repeat numbers; the binding outlives DELETE.
+    ResetChange(Reset),
+}
+
+impl Written {
+    /// True when the config was written.
+    pub fn wrote(&self) -> bool {
+        matches!(self, Written::Created | Written::Replaced)
+    }
+}
+
+/// What a config write does, from what is stored under the key: its config, and the reset
+/// its counters are bound to (kept apart from the config, so that it survives DELETE).
+/// Both stores decide with this inside one transaction; when the outcome is a write and
+/// `config` is a sequence prefix with no binding yet, the store records `config.reset`.
+pub fn plan_write(
+    existing: Option<&PrefixConfig>,
+    bound_reset: Option<Reset>,
+    config: &PrefixConfig,
+    create_only: bool,
+) -> Written {
+    match existing {
+        Some(_) if create_only => return Written::Exists,
+        Some(old) if old.mode != config.mode => return Written::ModeChange(old.mode),
+        _ => {}
+    }
+    if config.mode == Mode::Sequence {
+        // A live sequence config binds its counters too (data written before the binding
+        // was recorded).
+        let bound = bound_reset.or(existing.map(|old| old.reset));
+        if let Some(reset) = bound.filter(|r| *r != config.reset) {
+            return Written::ResetChange(reset);
+        }
+    }
+    if existing.is_some() {
+        Written::Replaced
+    } else {
+        Written::Created
+    }
+}
+
+/// The reset to record for `config` once [`plan_write`] said write: `Some` for a sequence
+/// prefix whose counters are not bound yet.
+pub fn reset_to_bind(config: &PrefixConfig, bound_reset: Option<Reset>) -> Option<Reset> {
+    (config.mode == Mode::Sequence && bound_reset.is_none()).then_some(config.reset)
 }
 
 /// A counter's name in the store: the prefix key, plus `/period` when it resets.
@@ -70,15 +119,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored prefix config.
     async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError>;
     async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
-    /// Stores `config` unless `key` exists; `false` when it does.
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<bool, StoreError>;
-    /// Creates or replaces, atomically refusing a change of mode.
-    async fn replace_prefix(
-        &self,
-        key: &str,
-        config: &PrefixConfig,
-    ) -> Result<Replaced, StoreError>;
-    /// Removes the config (counters stay); `false` when there was none.
+    /// Stores `config` unless `key` exists (`Exists`) or its counters are bound to another
+    /// reset (`ResetChange`); see [`plan_write`].
+    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError>;
+    /// Creates or replaces, atomically refusing a change of mode or of a sequence prefix's
+    /// reset; see [`plan_write`].
+    async fn replace_prefix(&self, key: &str, config: &PrefixConfig)
+    -> Result<Written, StoreError>;
+    /// Removes the config (counters, and the reset they are bound to, stay); `false` when
+    /// there was none.
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Reserves the next `size` numbers of `counter` (fewer at the top of u64). A counter
@@ -132,6 +181,92 @@ pub fn next_block(current: u64, size: u64) -> Option<SeqBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seq(reset: Reset) -> PrefixConfig {
+        PrefixConfig {
+            format: "INV-{SEQ:6}".into(),
+            seq_length: 6,
+            initial_seq: 0,
+            mode: Mode::Sequence,
+            reset,
+            utc_offset: Default::default(),
+            strict: false,
+        }
+    }
+
+    #[test]
+    fn a_sequence_prefix_keeps_the_reset_its_counters_were_made_under() {
+        let (never, yearly) = (seq(Reset::Never), seq(Reset::Yearly));
+        let snow = PrefixConfig {
+            mode: Mode::Snowflake,
+            ..seq(Reset::Never)
+        };
+        use Written::*;
+        // (stored config, bound reset, new config, create only) -> outcome
+        let cases = [
+            (None, None, &yearly, true, Created),
+            (None, None, &yearly, false, Created),
+            (Some(&never), None, &yearly, true, Exists),
+            (Some(&never), Some(Reset::Never), &never, false, Replaced),
+            (
+                Some(&never),
+                Some(Reset::Never),
+                &yearly,
+                false,
+                ResetChange(Reset::Never),
+            ),
+            // A config stored before bindings were recorded binds its counters too.
+            (
+                Some(&never),
+                None,
+                &yearly,
+                false,
+                ResetChange(Reset::Never),
+            ),
+            // After DELETE only the binding is left.
+            (
+                None,
+                Some(Reset::Never),
+                &yearly,
+                true,
+                ResetChange(Reset::Never),
+            ),
+            (
+                None,
+                Some(Reset::Never),
+                &yearly,
+                false,
+                ResetChange(Reset::Never),
+            ),
+            (None, Some(Reset::Yearly), &yearly, true, Created),
+            // Snowflake configs neither bind nor are bound; mode changes stay refused first.
+            (None, Some(Reset::Never), &snow, true, Created),
+            (
+                Some(&snow),
+                None,
+                &yearly,
+                false,
+                ModeChange(Mode::Snowflake),
+            ),
+            (
+                Some(&never),
+                Some(Reset::Never),
+                &snow,
+                false,
+                ModeChange(Mode::Sequence),
+            ),
+        ];
+        for (existing, bound, config, create_only, want) in cases {
+            assert_eq!(
+                plan_write(existing, bound, config, create_only),
+                want,
+                "{existing:?} {bound:?} {config:?} {create_only}"
+            );
+        }
+        assert_eq!(reset_to_bind(&yearly, None), Some(Reset::Yearly));
+        assert_eq!(reset_to_bind(&yearly, Some(Reset::Yearly)), None);
+        assert_eq!(reset_to_bind(&snow, None), None);
+    }
 
     #[test]
     fn blocks_clamp_at_the_top_of_u64() {
