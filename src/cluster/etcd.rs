@@ -3,9 +3,11 @@
 //!
 //! A node grants a lease and claims the lowest free `workers/{dc}/{worker}` key with one
 //! transaction (`create_revision == 0` → put with the lease), reading that ID's
-//! `hwm/{dc}/{worker}` in the same transaction. Every write of the high timestamp is
+//! `hwm/{dc}/{worker}` in the same transaction; a value there that is not a number stops
+//! the claim, as the ID's floor is then unknown. Every write of the high timestamp is
 //! guarded on the worker key still carrying our lease, so a node that lost its ID can never
-//! move its successor's floor. The keep-alive loop renews with a deadline; after
+//! move its successor's floor; reservations only ever raise it (a late renewal must not
+//! undo a later one), and only the final write of a graceful stop lowers it. The keep-alive loop renews with a deadline; after
 //! `lease_ttl_s` minus a safety margin without a confirmed renewal the node is fenced
 //! (numbers degraded within the persisted reservation, or rejected), and when etcd answers
 //! that the lease is gone it claims an ID again, above everything the old one reserved.
@@ -29,6 +31,7 @@ use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::PrefixConfig;
 use crate::service::Service;
+use crate::store::etcd::parse_u64;
 use crate::store::{StoreError, bounded};
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
@@ -154,15 +157,25 @@ impl EtcdCluster {
     }
 }
 
-fn parse_hwm(resp: Option<TxnOpResponse>) -> Option<u64> {
-    match resp {
-        Some(TxnOpResponse::Get(g)) => g
-            .kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok())
-            .and_then(|v| v.trim().parse().ok()),
-        _ => None,
-    }
+/// The high timestamp in a get of `key`: `None` when the key is absent, an error when it
+/// holds anything but a decimal u64 (then the ID's floor is unknown, and nothing may be
+/// issued with it).
+fn parse_hwm(key: &str, resp: Option<&TxnOpResponse>) -> Result<Option<u64>, StoreError> {
+    Ok(stored_hwm(key, resp)?.map(|(ms, _)| ms))
+}
+
+/// The high timestamp in a get of `key` and the `mod_revision` it was read at; `None` when
+/// the key is absent.
+fn stored_hwm(key: &str, resp: Option<&TxnOpResponse>) -> Result<Option<(u64, i64)>, StoreError> {
+    let Some(TxnOpResponse::Get(get)) = resp else {
+        return Err(StoreError::Unavailable(format!(
+            "etcd answered a read of {key} without its result"
+        )));
+    };
+    get.kvs()
+        .first()
+        .map(|kv| Ok((parse_u64(key, kv.value())?, kv.mod_revision())))
+        .transpose()
 }
 
 #[async_trait]
@@ -198,7 +211,10 @@ impl WorkerSource for EtcdCluster {
                     ]);
                 let resp = client.txn(txn).await.map_err(unavailable)?;
                 if resp.succeeded() {
-                    let hwm_ms = parse_hwm(resp.op_responses().into_iter().nth(1));
+                    // An unreadable mark leaves this ID's floor unknown: refuse it (the
+                    // caller revokes the lease, which frees the key again).
+                    let hwm_key = self.hwm_key(self.s.dc, w);
+                    let hwm_ms = parse_hwm(&hwm_key, resp.op_responses().get(1))?;
                     return Ok(Some(WorkerClaim {
                         dc: self.s.dc,
                         worker: w,
@@ -223,14 +239,75 @@ impl WorkerSource for EtcdCluster {
         }
     }
 
+    /// Raises the ID's high timestamp to `unix_ms`, never lowers it: a renewal that timed
+    /// out here may still commit at etcd after a later, higher one, and must not pull the
+    /// mark back below timestamps already issued. Each write is guarded on the mark being as
+    /// read and on our lease still holding the worker key.
     async fn reserve(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
-        let key = self.hwm_key(claim.dc, claim.worker);
-        self.guarded_put(claim, key, unix_ms.to_string(), None)
-            .await
+        let wk = self.worker_key(claim.dc, claim.worker);
+        let hk = self.hwm_key(claim.dc, claim.worker);
+        let held = || Compare::lease(wk.as_str(), CompareOp::Equal, claim.lease);
+        let mut client = self.client.clone();
+        // Ok(false): the lease compare failed, the claim is gone.
+        let holds = bounded(self.s.timeout, async {
+            // Read the mark only while the claim holds: a mark already high enough may have
+            // been written by the ID's next owner, and is no reservation of ours.
+            let read = Txn::new()
+                .when([held()])
+                .and_then([TxnOp::get(hk.as_str(), None)]);
+            let resp = client.txn(read).await.map_err(unavailable)?;
+            if !resp.succeeded() {
+                return Ok(false);
+            }
+            let mut seen = stored_hwm(&hk, resp.op_responses().first())?;
+            loop {
+                let revision = match seen {
+                    Some((stored, _)) if stored >= unix_ms => return Ok(true),
+                    Some((_, revision)) => revision,
+                    None => 0,
+                };
+                let txn = Txn::new()
+                    .when([
+                        held(),
+                        Compare::mod_revision(hk.as_str(), CompareOp::Equal, revision),
+                    ])
+                    .and_then([TxnOp::put(hk.as_str(), unix_ms.to_string(), None)])
+                    .or_else([TxnOp::get(wk.as_str(), None), TxnOp::get(hk.as_str(), None)]);
+                let resp = client.txn(txn).await.map_err(unavailable)?;
+                if resp.succeeded() {
+                    return Ok(true);
+                }
+                // Both keys as of the failed compare: which of the two conditions broke?
+                let ops = resp.op_responses();
+                let ours = match ops.first() {
+                    Some(TxnOpResponse::Get(g)) => {
+                        g.kvs().first().is_some_and(|kv| kv.lease() == claim.lease)
+                    }
+                    _ => false,
+                };
+                if !ours {
+                    return Ok(false);
+                }
+                // The mark moved since it was read: read it again (from this answer).
+                seen = stored_hwm(&hk, ops.get(1))?;
+            }
+        })
+        .await?;
+        if holds {
+            Ok(())
+        } else {
+            Err(WorkerError::NotHeld(claim.worker))
+        }
     }
 
+    /// Persists the highest timestamp really used and gives the ID up. Unlike `reserve`
+    /// this may lower the mark (to below the reservation): at a graceful stop the node
+    /// knows nothing above it was issued, so the next owner need not wait for it.
     async fn release(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
-        let result = self.reserve(claim, unix_ms).await;
+        let key = self.hwm_key(claim.dc, claim.worker);
+        let result = self
+            .guarded_put(claim, key, unix_ms.to_string(), None)
+            .await;
         self.revoke(claim.lease).await;
         result
     }

@@ -56,7 +56,7 @@ fn corrupt(key: &str, detail: impl std::fmt::Display) -> StoreError {
     }
 }
 
-fn parse_u64(key: &str, value: &[u8]) -> Result<u64, StoreError> {
+pub(crate) fn parse_u64(key: &str, value: &[u8]) -> Result<u64, StoreError> {
     std::str::from_utf8(value)
         .ok()
         .and_then(|text| text.parse::<u64>().ok())
