@@ -7,10 +7,11 @@
 //! the claim, as the ID's floor is then unknown. Every write of the high timestamp is
 //! guarded on the worker key still carrying our lease, so a node that lost its ID can never
 //! move its successor's floor; reservations only ever raise it (a late renewal must not
-//! undo a later one), and only the final write of a graceful stop lowers it. The keep-alive loop renews with a deadline; after
-//! `lease_ttl_s` minus a safety margin without a confirmed renewal the node is fenced
-//! (numbers degraded within the persisted reservation, or rejected), and when etcd answers
-//! that the lease is gone it claims an ID again, above everything the old one reserved.
+//! undo a later one), and only the final write of a graceful stop lowers it. The
+//! keep-alive loop renews with a deadline; after `lease_ttl_s` minus a safety margin
+//! without a confirmed renewal the node is fenced (numbers degraded within the persisted
+//! reservation, or rejected), and when etcd answers that the lease is gone it claims an ID
+//! again, above everything the old one reserved.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
