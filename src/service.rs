@@ -822,10 +822,12 @@ mod tests {
         async fn get_prefix(&self, _: &str) -> Result<Option<PrefixConfig>, StoreError> {
             stall().await
         }
-        async fn create_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Written, StoreError> {
-            stall().await
-        }
-        async fn replace_prefix(&self, _: &str, _: &PrefixConfig) -> Result<Written, StoreError> {
+        async fn write_prefix(
+            &self,
+            _: &str,
+            _: &PrefixConfig,
+            _: bool,
+        ) -> Result<Written, StoreError> {
             stall().await
         }
         async fn delete_prefix(&self, _: &str) -> Result<bool, StoreError> {

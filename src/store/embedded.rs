@@ -195,6 +195,43 @@ impl EmbeddedStore {
         })
         .await
     }
+}
+
+/// The value of `counter` in the open `seq` table.
+fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u64>, StoreError> {
+    Ok(table.get(counter).map_err(unavailable)?.map(|v| v.value()))
+}
+
+fn hwm_key(dc: u64, worker: u64) -> String {
+    format!("{dc}/{worker}")
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(PREFIXES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                out.push((k.value().to_string(), decode(k.value(), v.value())?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(PREFIXES).map_err(unavailable)?;
+            let got = table.get(key.as_str()).map_err(unavailable)?;
+            got.map(|v| decode(&key, v.value())).transpose()
+        })
+        .await
+    }
 
     /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] and
     /// written in one transaction.
@@ -237,55 +274,6 @@ impl EmbeddedStore {
             Ok(outcome)
         })
         .await
-    }
-}
-
-/// The value of `counter` in the open `seq` table.
-fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u64>, StoreError> {
-    Ok(table.get(counter).map_err(unavailable)?.map(|v| v.value()))
-}
-
-fn hwm_key(dc: u64, worker: u64) -> String {
-    format!("{dc}/{worker}")
-}
-
-#[async_trait]
-impl Store for EmbeddedStore {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
-        self.run(|db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(unavailable)? {
-                let (k, v) = row.map_err(unavailable)?;
-                out.push((k.value().to_string(), decode(k.value(), v.value())?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
-        let key = key.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let got = table.get(key.as_str()).map_err(unavailable)?;
-            got.map(|v| decode(&key, v.value())).transpose()
-        })
-        .await
-    }
-
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, true).await
-    }
-
-    async fn replace_prefix(
-        &self,
-        key: &str,
-        config: &PrefixConfig,
-    ) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, false).await
     }
 
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {

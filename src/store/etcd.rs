@@ -251,74 +251,6 @@ impl EtcdStore {
         self.key(&format!("seq-reset/{key}"))
     }
 
-    /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
-    /// reset binding are read together, decided by [`plan_write`], and written by one
-    /// transaction guarded on both being as read, so that no concurrent write slips in
-    /// between check and write.
-    async fn write_prefix(
-        &self,
-        key: &str,
-        config: &PrefixConfig,
-        create_only: bool,
-    ) -> Result<Written, StoreError> {
-        let (key, bind_key, json) = (
-            self.prefix_key(key),
-            self.seq_reset_key(key),
-            encode(config)?,
-        );
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            loop {
-                let both = Txn::new().and_then([
-                    TxnOp::get(key.as_str(), None),
-                    TxnOp::get(bind_key.as_str(), None),
-                ]);
-                let resp = kv.txn(both).await.map_err(unavailable)?;
-                let mut seen = resp.op_responses().into_iter().map(|r| match r {
-                    TxnOpResponse::Get(get) => Seen::from_kvs(get.kvs()),
-                    _ => Seen::from_kvs(&[]),
-                });
-                let (stored, bound) = (
-                    seen.next().unwrap_or(Seen::from_kvs(&[])),
-                    seen.next().unwrap_or(Seen::from_kvs(&[])),
-                );
-                let existing = stored
-                    .value
-                    .as_deref()
-                    .map(|v| decode(&key, v))
-                    .transpose()?;
-                let bound_reset = bound
-                    .value
-                    .as_deref()
-                    .map(|v| {
-                        std::str::from_utf8(v)
-                            .ok()
-                            .and_then(Reset::parse)
-                            .ok_or_else(|| corrupt(&bind_key, "unknown reset"))
-                    })
-                    .transpose()?;
-                let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
-                if !outcome.wrote() {
-                    return Ok(outcome);
-                }
-                let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
-                if let Some(reset) = reset_to_bind(config, bound_reset) {
-                    writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
-                }
-                let txn = Txn::new()
-                    .when([
-                        unchanged(&key, stored.revision),
-                        unchanged(&bind_key, bound.revision),
-                    ])
-                    .and_then(writes);
-                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
-                    return Ok(outcome);
-                }
-            }
-        })
-        .await
-    }
-
     fn hwm_key(&self, dc: u64, worker: u64) -> String {
         self.key(&format!("hwm/{dc}/{worker}"))
     }
@@ -397,16 +329,72 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, true).await
-    }
-
-    async fn replace_prefix(
+    /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
+    /// reset binding are read together, decided by [`plan_write`], and written by one
+    /// transaction guarded on both being as read, so that no concurrent write slips in
+    /// between check and write.
+    async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
+        create_only: bool,
     ) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, false).await
+        let (key, bind_key, json) = (
+            self.prefix_key(key),
+            self.seq_reset_key(key),
+            encode(config)?,
+        );
+        bounded(self.timeout, async {
+            let mut kv = self.kv();
+            loop {
+                let both = Txn::new().and_then([
+                    TxnOp::get(key.as_str(), None),
+                    TxnOp::get(bind_key.as_str(), None),
+                ]);
+                let resp = kv.txn(both).await.map_err(unavailable)?;
+                let mut seen = resp.op_responses().into_iter().map(|r| match r {
+                    TxnOpResponse::Get(get) => Seen::from_kvs(get.kvs()),
+                    _ => Seen::from_kvs(&[]),
+                });
+                let (stored, bound) = (
+                    seen.next().unwrap_or(Seen::from_kvs(&[])),
+                    seen.next().unwrap_or(Seen::from_kvs(&[])),
+                );
+                let existing = stored
+                    .value
+                    .as_deref()
+                    .map(|v| decode(&key, v))
+                    .transpose()?;
+                let bound_reset = bound
+                    .value
+                    .as_deref()
+                    .map(|v| {
+                        std::str::from_utf8(v)
+                            .ok()
+                            .and_then(Reset::parse)
+                            .ok_or_else(|| corrupt(&bind_key, "unknown reset"))
+                    })
+                    .transpose()?;
+                let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
+                if !outcome.wrote() {
+                    return Ok(outcome);
+                }
+                let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
+                if let Some(reset) = reset_to_bind(config, bound_reset) {
+                    writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
+                }
+                let txn = Txn::new()
+                    .when([
+                        unchanged(&key, stored.revision),
+                        unchanged(&bind_key, bound.revision),
+                    ])
+                    .and_then(writes);
+                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
+                    return Ok(outcome);
+                }
+            }
+        })
+        .await
     }
 
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {

@@ -119,13 +119,28 @@ pub trait Store: Send + Sync + 'static {
     /// Every stored prefix config.
     async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError>;
     async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
-    /// Stores `config` unless `key` exists (`Exists`) or its counters are bound to another
-    /// reset (`ResetChange`); see [`plan_write`].
-    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError>;
-    /// Creates or replaces, atomically refusing a change of mode or of a sequence prefix's
-    /// reset; see [`plan_write`].
-    async fn replace_prefix(&self, key: &str, config: &PrefixConfig)
-    -> Result<Written, StoreError>;
+    /// Writes `config` under `key` as [`plan_write`] decides from what is stored (with
+    /// `create_only`, never over an existing config), in one transaction that also binds a
+    /// sequence prefix's counters to its reset ([`reset_to_bind`]).
+    async fn write_prefix(
+        &self,
+        key: &str,
+        config: &PrefixConfig,
+        create_only: bool,
+    ) -> Result<Written, StoreError>;
+    /// `POST`: stores `config` unless `key` exists (`Exists`) or its counters are bound to
+    /// another reset (`ResetChange`).
+    async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, true).await
+    }
+    /// `PUT`: creates or replaces, refusing a change of mode or of a sequence prefix's reset.
+    async fn replace_prefix(
+        &self,
+        key: &str,
+        config: &PrefixConfig,
+    ) -> Result<Written, StoreError> {
+        self.write_prefix(key, config, false).await
+    }
     /// Removes the config (counters, and the reset they are bound to, stay); `false` when
     /// there was none.
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError>;
