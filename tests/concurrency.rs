@@ -155,13 +155,7 @@ fn check(name: &str, keys: &[String], run: &Run) -> Vec<Vec<u64>> {
             .iter()
             .flat_map(|g| g.ids[p].iter().copied())
             .collect();
-        all.sort_unstable();
-        let dups: Vec<u64> = all
-            .windows(2)
-            .filter(|w| w[0] == w[1])
-            .map(|w| w[0])
-            .take(10)
-            .collect();
+        let dups = common::repeats(&mut all);
         assert!(
             dups.is_empty(),
             "{name}: prefix {key} repeated numbers (first ones): {dups:?}"

@@ -382,13 +382,7 @@ fn analyse(nodes: &[String], logs: &[Log]) -> ([Vec<Option<Span>>; 2], Vec<[usiz
     let mut spans: [Vec<Option<Span>>; 2] = [Vec::new(), Vec::new()];
     for p in [SNOW, SEQ] {
         let mut all: Vec<u64> = per_gen[p].iter().flatten().copied().collect();
-        all.sort_unstable();
-        let dups: Vec<u64> = all
-            .windows(2)
-            .filter(|w| w[0] == w[1])
-            .map(|w| w[0])
-            .take(10)
-            .collect();
+        let dups = common::repeats(&mut all);
         assert!(
             dups.is_empty(),
             "{} repeated numbers (first ones): {dups:?}",
