@@ -13,10 +13,10 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, plan_write,
-    reset_to_bind,
+    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
+    plan_write, reset_to_bind,
 };
-use crate::prefix::{PrefixConfig, Reset};
+use crate::prefix::PrefixConfig;
 
 const PREFIXES: TableDefinition<&str, &str> = TableDefinition::new("prefixes");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("seq");
@@ -253,12 +253,7 @@ impl Store for EmbeddedStore {
             let bound_reset = bound
                 .get(key.as_str())
                 .map_err(unavailable)?
-                .map(|v| {
-                    Reset::parse(v.value()).ok_or_else(|| StoreError::Corrupt {
-                        key: format!("seq_reset/{key}"),
-                        detail: format!("unknown reset {:?}", v.value()),
-                    })
-                })
+                .map(|v| parse_bound_reset(&format!("seq_reset/{key}"), v.value().as_bytes()))
                 .transpose()?;
             let outcome = plan_write(existing.as_ref(), bound_reset, &config, create_only);
             if outcome.wrote() {

@@ -25,11 +25,11 @@ use etcd_client::{
 };
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, plan_write,
-    reset_to_bind,
+    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
+    plan_write, reset_to_bind,
 };
 use crate::config::EtcdConfig;
-use crate::prefix::{PrefixConfig, Reset};
+use crate::prefix::PrefixConfig;
 
 /// How long one TCP (and TLS) connection attempt to an endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -136,7 +136,8 @@ async fn put_if_unchanged(
     Ok(Some(seen_in(&resp.op_responses())))
 }
 
-/// The key read by the `or_else` branch of a failed transaction.
+/// The key read by the first get among `responses` (a read, or the `or_else` branch of a
+/// failed transaction); absent when there is none.
 fn seen_in(responses: &[TxnOpResponse]) -> Seen {
     match responses.first() {
         Some(TxnOpResponse::Get(get)) => Seen::from_kvs(get.kvs()),
@@ -352,14 +353,8 @@ impl Store for EtcdStore {
                     TxnOp::get(bind_key.as_str(), None),
                 ]);
                 let resp = kv.txn(both).await.map_err(unavailable)?;
-                let mut seen = resp.op_responses().into_iter().map(|r| match r {
-                    TxnOpResponse::Get(get) => Seen::from_kvs(get.kvs()),
-                    _ => Seen::from_kvs(&[]),
-                });
-                let (stored, bound) = (
-                    seen.next().unwrap_or(Seen::from_kvs(&[])),
-                    seen.next().unwrap_or(Seen::from_kvs(&[])),
-                );
+                let ops = resp.op_responses();
+                let (stored, bound) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
                 let existing = stored
                     .value
                     .as_deref()
@@ -368,12 +363,7 @@ impl Store for EtcdStore {
                 let bound_reset = bound
                     .value
                     .as_deref()
-                    .map(|v| {
-                        std::str::from_utf8(v)
-                            .ok()
-                            .and_then(Reset::parse)
-                            .ok_or_else(|| corrupt(&bind_key, "unknown reset"))
-                    })
+                    .map(|v| parse_bound_reset(&bind_key, v))
                     .transpose()?;
                 let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
                 if !outcome.wrote() {

@@ -100,6 +100,17 @@ pub fn plan_write(
     }
 }
 
+/// A stored reset binding (at `key`, for the error), as both stores keep it: the reset's name.
+pub fn parse_bound_reset(key: &str, value: &[u8]) -> Result<Reset, StoreError> {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(Reset::parse)
+        .ok_or_else(|| StoreError::Corrupt {
+            key: key.to_string(),
+            detail: format!("unknown reset {:?}", String::from_utf8_lossy(value)),
+        })
+}
+
 /// The reset to record for `config` once [`plan_write`] said write: `Some` for a sequence
 /// prefix whose counters are not bound yet.
 pub fn reset_to_bind(config: &PrefixConfig, bound_reset: Option<Reset>) -> Option<Reset> {
