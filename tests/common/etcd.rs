@@ -1,5 +1,6 @@
-//! A real etcd process for tests: single member, loopback ports picked at random, data in a
-//! temp dir, output in `etcd.log` next to it. Without an `etcd` binary the tests that need
+//! Real etcd processes for tests: [`Etcd`] (one member) or [`EtcdCluster`] (n members),
+//! loopback ports picked at random, data in a temp dir, each member's output in
+//! `{name}.log` next to it. Without an `etcd` binary the tests that need
 //! one skip, except on CI (`CI=true`), where a missing tool is a failure.
 //!
 //! The methods block (they spawn, signal and poll the process); they are quick, but a test
@@ -21,58 +22,28 @@ const HEALTHY_WITHIN: Duration = Duration::from_secs(15);
 /// between our probe and etcd's bind).
 const PORT_ATTEMPTS: usize = 5;
 
-pub struct Etcd {
+/// One etcd process: a member of a cluster of one or more, with its ports, data dir and
+/// log file (`{name}.log` in the cluster's temp dir).
+pub struct Member {
     binary: PathBuf,
-    dir: TempDir,
+    name: String,
+    base: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// `--initial-cluster` (every member's peer URL); used on the first start only, etcd
+    /// reads the membership from its data dir afterwards.
+    initial_cluster: String,
     child: Option<Child>,
 }
 
-impl Etcd {
-    /// Starts a fresh etcd and waits until it is healthy; `None` (after saying so) when etcd
-    /// is not installed and this is not CI.
-    pub fn start() -> Option<Etcd> {
-        let Some(binary) = find_etcd() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("etcd is not installed (looked in PATH and /usr/bin/etcd); CI needs it");
-            }
-            println!("skipping: etcd not installed");
-            return None;
-        };
-        // On tmpfs when there is one: etcd fsyncs its WAL on every write, and on a busy
-        // machine a slow disk turns short test leases into spurious expiries.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .expect("temp dir for etcd");
-        let mut etcd = Etcd {
-            binary,
-            dir,
-            client_port: 0,
-            peer_port: 0,
-            child: None,
-        };
-        for attempt in 1..=PORT_ATTEMPTS {
-            (etcd.client_port, etcd.peer_port) = free_ports();
-            match etcd.launch() {
-                Ok(()) => return Some(etcd),
-                Err(Exited) if attempt < PORT_ATTEMPTS => continue,
-                Err(Exited) => break,
-            }
-        }
-        panic!(
-            "etcd exited at start {PORT_ATTEMPTS} times; log tail:\n{}",
-            etcd.log_tail()
-        );
-    }
-
+impl Member {
     /// `http://127.0.0.1:PORT`, the client URL.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The PID of the running etcd (0 when stopped).
@@ -80,17 +51,21 @@ impl Etcd {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Freezes etcd (SIGSTOP): connections stay open but nothing is answered.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Freezes the member (SIGSTOP): connections stay open but nothing is answered.
     pub fn pause(&self) {
         self.signal("-STOP");
     }
 
-    /// Lets a paused etcd run again (SIGCONT).
+    /// Lets a paused member run again (SIGCONT).
     pub fn resume(&self) {
         self.signal("-CONT");
     }
 
-    /// Kills etcd (SIGKILL) and reaps it. Its data dir stays, for [`Etcd::restart`].
+    /// Kills the member (SIGKILL) and reaps it. Its data dir stays, for a restart.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGKILL also ends a stopped process, so this works after `pause` too.
@@ -99,13 +74,15 @@ impl Etcd {
         }
     }
 
-    /// Kills etcd and starts it again on the same ports and data dir, waiting until healthy.
+    /// Kills the member and starts it again on the same ports and data dir, waiting
+    /// until it is healthy (in a cluster: until it has a leader again).
     pub fn restart(&mut self) {
         self.kill();
         // The ports were ours a moment ago; a bind failure here is a brief race with the
         // kernel releasing them, so retry on the same ports.
         for attempt in 1..=PORT_ATTEMPTS {
-            match self.launch() {
+            let up = self.spawn().and_then(|()| self.wait_healthy());
+            match up {
                 Ok(()) => return,
                 Err(Exited) if attempt < PORT_ATTEMPTS => {
                     std::thread::sleep(Duration::from_millis(200));
@@ -113,17 +90,19 @@ impl Etcd {
                 Err(Exited) => break,
             }
         }
-        panic!("etcd did not restart; log tail:\n{}", self.log_tail());
+        panic!(
+            "etcd {} did not restart; log tail:\n{}",
+            self.name,
+            self.log_tail()
+        );
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
+        self.base.join(format!("{}.log", self.name))
     }
 
-    /// Spawns etcd on the chosen ports and waits until healthy. `Err(Exited)` when it quit
-    /// during start-up (typically: a port was taken); panics when it runs but never turns
-    /// healthy.
-    fn launch(&mut self) -> Result<(), Exited> {
+    /// Spawns etcd on the chosen ports without waiting for it.
+    fn spawn(&mut self) -> Result<(), Exited> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -131,17 +110,18 @@ impl Etcd {
             .expect("etcd log file");
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let data = self.dir.path().join("data");
+        let data = self.base.join(format!("{}.data", self.name));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--name")
-            .arg("t")
+            .arg(&self.name)
             .arg("--data-dir")
             .arg(&data)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster-token", "numgen-test"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
             .stderr(log);
@@ -149,11 +129,13 @@ impl Etcd {
             // etcd 3.4 refuses to run on arm64 unless told that this is fine.
             cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
         }
-        let child = cmd.spawn().expect("spawn etcd");
+        let child = cmd.spawn().map_err(|_| Exited)?;
         self.child = Some(child);
-        self.wait_healthy()
+        Ok(())
     }
 
+    /// Waits until the member reports healthy. `Err(Exited)` when it quit meanwhile
+    /// (typically: a port was taken); panics when it runs but never turns healthy.
     fn wait_healthy(&mut self) -> Result<(), Exited> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
         let deadline = Instant::now() + HEALTHY_WITHIN;
@@ -172,14 +154,15 @@ impl Etcd {
         let tail = self.log_tail();
         self.kill();
         panic!(
-            "etcd was not healthy within {HEALTHY_WITHIN:?} at {}; log tail:\n{tail}",
+            "etcd {} was not healthy within {HEALTHY_WITHIN:?} at {}; log tail:\n{tail}",
+            self.name,
             self.endpoint()
         );
     }
 
     fn signal(&self, sig: &str) {
         let Some(child) = &self.child else {
-            panic!("etcd is not running");
+            panic!("etcd {} is not running", self.name);
         };
         let status = Command::new("kill")
             .arg(sig)
@@ -189,7 +172,7 @@ impl Etcd {
         assert!(status.success(), "kill {sig} {} failed", child.id());
     }
 
-    /// The last lines of etcd's output, for failure messages.
+    /// The last lines of the member's output, for failure messages.
     pub fn log_tail(&self) -> String {
         let mut text = String::new();
         if let Ok(mut f) = File::open(self.log_path()) {
@@ -198,11 +181,206 @@ impl Etcd {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
+
+    /// This member's view of the cluster: (its member ID, the leader's member ID), from
+    /// `POST /v3/maintenance/status`; `None` when it does not answer within a second.
+    pub fn status(&self) -> Option<(u64, u64)> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let reply = post_json(addr, "/v3/maintenance/status", "{}")?;
+        let v: serde_json::Value = serde_json::from_str(&reply).ok()?;
+        let id = |x: &serde_json::Value| -> Option<u64> {
+            x.as_str()
+                .and_then(|s| s.parse().ok())
+                .or_else(|| x.as_u64())
+        };
+        Some((id(&v["header"]["member_id"])?, id(&v["leader"])?))
+    }
 }
 
-impl Drop for Etcd {
+impl Drop for Member {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A cluster of `n` etcd members on loopback, in one temp dir (on tmpfs when there is
+/// one: etcd fsyncs its WAL on every write, and on a busy machine a slow disk turns short
+/// test leases into spurious expiries).
+pub struct EtcdCluster {
+    // Members before the dir: they must be killed before their data dir goes.
+    members: Vec<Member>,
+    _dir: TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits until every one is healthy (a leader is elected);
+    /// `None` (after saying so) when etcd is not installed and this is not CI.
+    pub fn start(n: usize) -> Option<EtcdCluster> {
+        assert!(n >= 1, "a cluster has at least one member");
+        let Some(binary) = find_etcd() else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("etcd is not installed (looked in PATH and /usr/bin/etcd); CI needs it");
+            }
+            println!("skipping: etcd not installed");
+            return None;
+        };
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .expect("temp dir for etcd");
+        let mut last_log = String::new();
+        for attempt in 1..=PORT_ATTEMPTS {
+            let ports = free_ports(2 * n);
+            // A fresh name per attempt, so that a failed attempt's data dir is not reused.
+            let name = |i: usize| {
+                if attempt == 1 {
+                    format!("m{i}")
+                } else {
+                    format!("m{i}a{attempt}")
+                }
+            };
+            let initial_cluster = (0..n)
+                .map(|i| format!("{}=http://127.0.0.1:{}", name(i), ports[2 * i + 1]))
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut members: Vec<Member> = (0..n)
+                .map(|i| Member {
+                    binary: binary.clone(),
+                    name: name(i),
+                    base: dir.path().to_path_buf(),
+                    client_port: ports[2 * i],
+                    peer_port: ports[2 * i + 1],
+                    initial_cluster: initial_cluster.clone(),
+                    child: None,
+                })
+                .collect();
+            let spawned = members.iter_mut().all(|m| m.spawn().is_ok());
+            if spawned && members.iter_mut().all(|m| m.wait_healthy().is_ok()) {
+                return Some(EtcdCluster { members, _dir: dir });
+            }
+            last_log = members
+                .iter()
+                .map(|m| m.log_tail())
+                .collect::<Vec<_>>()
+                .join("\n---\n");
+        }
+        panic!("etcd cluster did not start in {PORT_ATTEMPTS} attempts; log tails:\n{last_log}");
+    }
+
+    /// Every member's client URL, comma-separated (as `--etcd-endpoints` takes them).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    pub fn member(&mut self, i: usize) -> &mut Member {
+        &mut self.members[i]
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The index of the current leader, as the running members report it; `None` when no
+    /// running member names a leader that is one of us.
+    pub fn leader(&self) -> Option<usize> {
+        let ids: Vec<Option<(u64, u64)>> = self
+            .members
+            .iter()
+            .map(|m| if m.is_running() { m.status() } else { None })
+            .collect();
+        let leader = ids.iter().flatten().map(|(_, l)| *l).find(|l| *l != 0)?;
+        ids.iter()
+            .position(|s| s.is_some_and(|(me, _)| me == leader))
+    }
+
+    /// Waits (bounded) until a leader is elected among the running members.
+    pub fn wait_leader(&self, within: Duration) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(l) = self.leader() {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes every member (SIGSTOP): the whole cluster stops answering.
+    pub fn pause_all(&self) {
+        for m in self.members.iter().filter(|m| m.is_running()) {
+            m.pause();
+        }
+    }
+
+    pub fn resume_all(&self) {
+        for m in self.members.iter().filter(|m| m.is_running()) {
+            m.resume();
+        }
+    }
+}
+
+/// A single-member etcd: the common case.
+pub struct Etcd {
+    cluster: EtcdCluster,
+}
+
+impl Etcd {
+    /// Starts a fresh etcd and waits until it is healthy; `None` (after saying so) when etcd
+    /// is not installed and this is not CI.
+    pub fn start() -> Option<Etcd> {
+        EtcdCluster::start(1).map(|cluster| Etcd { cluster })
+    }
+
+    fn one(&self) -> &Member {
+        &self.cluster.members[0]
+    }
+
+    /// `http://127.0.0.1:PORT`, the client URL.
+    pub fn endpoint(&self) -> String {
+        self.one().endpoint()
+    }
+
+    /// The PID of the running etcd (0 when stopped).
+    pub fn pid(&self) -> u32 {
+        self.one().pid()
+    }
+
+    /// Freezes etcd (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) {
+        self.one().pause();
+    }
+
+    /// Lets a paused etcd run again (SIGCONT).
+    pub fn resume(&self) {
+        self.one().resume();
+    }
+
+    /// Kills etcd (SIGKILL) and reaps it. Its data dir stays, for [`Etcd::restart`].
+    pub fn kill(&mut self) {
+        self.cluster.member(0).kill();
+    }
+
+    /// Kills etcd and starts it again on the same ports and data dir, waiting until healthy.
+    pub fn restart(&mut self) {
+        self.cluster.member(0).restart();
+    }
+
+    /// The last lines of etcd's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.one().log_tail()
     }
 }
 
@@ -227,17 +405,16 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Two distinct free loopback ports: both bound at once (so they differ), then released
+/// `n` distinct free loopback ports: all bound at once (so they differ), then released
 /// for etcd to take.
-fn free_ports() -> (u16, u16) {
-    let a = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let b = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    let ports = (
-        a.local_addr().expect("port").port(),
-        b.local_addr().expect("port").port(),
-    );
-    drop((a, b));
-    ports
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect()
 }
 
 /// `GET /health` answers 200 with `"health":"true"`.
@@ -257,4 +434,22 @@ fn healthy(addr: SocketAddr) -> bool {
     let _ = conn.read_to_string(&mut reply);
     let ok = reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200");
     ok && reply.contains("\"health\":\"true\"")
+}
+
+/// One HTTP/1.0 POST with a JSON body; the response body, or `None` on any failure or
+/// after a second without an answer (a paused member).
+fn post_json(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(req.as_bytes()).ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    ok.then(|| body.to_owned())
 }

@@ -1,8 +1,12 @@
-//! Shared harness for the black-box tests: a real etcd process ([`etcd`]) and the real
-//! numgen binary ([`server`]), both on loopback with random ports and temp dirs.
+//! Shared harness for the black-box tests: real etcd processes ([`etcd`]) and the real
+//! numgen binary ([`server`]), both on loopback with random ports and temp dirs; a TCP
+//! proxy the test controls ([`proxy`]: cut, delay, reset) and a checker over every number
+//! a test got back ([`history`]).
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod history;
+pub mod proxy;
 pub mod rng;
 pub mod server;
 
