@@ -78,7 +78,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use numgen::clock::{Clock, SystemClock};
-use numgen::id::{Bounds, Generator, Layout, LayoutSettings, Policy, PrefixClock};
+use numgen::id::{Bounds, Generator, LastIssued, Layout, LayoutSettings, Policy};
 use numgen::metrics::Metrics;
 use numgen::node::{Node, NodeSettings};
 
@@ -161,7 +161,7 @@ fn numgen_layout() -> Layout {
 /// [`Node::try_issue`], as the request path calls it.
 struct NumgenNode {
     node: Node,
-    prefixes: Vec<PrefixClock>,
+    prefixes: Vec<LastIssued>,
 }
 
 impl NumgenNode {
@@ -180,7 +180,7 @@ impl NumgenNode {
         node.install_grant(1, 2, 0, layout.max_timestamp());
         NumgenNode {
             node,
-            prefixes: (0..PREFIXES).map(|_| PrefixClock::new()).collect(),
+            prefixes: (0..PREFIXES).map(|_| LastIssued::new()).collect(),
         }
     }
 
@@ -265,7 +265,7 @@ struct NumgenGenerator {
     generator: Generator,
     node_bits: u64,
     bounds: Bounds,
-    prefixes: Vec<PrefixClock>,
+    prefixes: Vec<LastIssued>,
 }
 
 impl NumgenGenerator {
@@ -283,7 +283,7 @@ impl NumgenGenerator {
                 on_ahead: Policy::Degrade,
             },
             layout,
-            prefixes: (0..PREFIXES).map(|_| PrefixClock::new()).collect(),
+            prefixes: (0..PREFIXES).map(|_| LastIssued::new()).collect(),
         }
     }
 }

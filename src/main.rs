@@ -124,7 +124,8 @@ fn main() -> ExitCode {
                 .ok()
                 .and_then(|n| numgen::id::describe(&config.layout, n));
             match described {
-                Some(v) => {
+                Some(d) => {
+                    let v = numgen::http::ops::decoded_json(&d);
                     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
                     ExitCode::SUCCESS
                 }

@@ -120,13 +120,12 @@ impl Metrics {
         DegradeReason::ALL.map(|r| self.degraded.with_label_values(&[r.as_str()]))
     }
 
-    /// Prometheus text exposition of every metric.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Prometheus text exposition of every metric. Writing into a `Vec` cannot fail on
+    /// I/O; an error is a malformed family, and the half-written text is not served.
+    pub fn encode(&self) -> Result<Vec<u8>, prometheus::Error> {
         let mut out = Vec::with_capacity(16 * 1024);
-        // Encoding into a Vec cannot fail on I/O; a failure would be a malformed family,
-        // which leaves whatever was written.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        out
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(out)
     }
 }
 
@@ -143,7 +142,7 @@ mod tests {
         m.http_duration
             .with_label_values(&["/health"])
             .observe(0.001);
-        let text = String::from_utf8(m.encode()).unwrap();
+        let text = String::from_utf8(m.encode().unwrap()).unwrap();
         for name in [
             "numgen_numbers_issued_total{mode=\"snowflake\",prefix=\"ORDERS\"} 1",
             "numgen_degraded_total{reason=\"clock_backward\"} 0",

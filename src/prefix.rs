@@ -136,7 +136,7 @@ pub struct PrefixConfig {
 
 /// Why a prefix config request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
+pub enum PrefixError {
     /// `INVALID_FORMAT`
     #[error("{0}")]
     Format(#[from] TemplateError),
@@ -173,13 +173,13 @@ struct RawConfig {
     strict: Option<bool>,
 }
 
-fn field(msg: impl Into<String>) -> ConfigError {
-    ConfigError::Field(msg.into())
+fn field(msg: impl Into<String>) -> PrefixError {
+    PrefixError::Field(msg.into())
 }
 
 impl PrefixConfig {
     /// Parses and checks a request body; returns the config and its parsed template.
-    pub fn from_request(body: &[u8]) -> Result<(PrefixConfig, Template), ConfigError> {
+    pub fn from_request(body: &[u8]) -> Result<(PrefixConfig, Template), PrefixError> {
         let raw: RawConfig = serde_json::from_slice(body).map_err(|e| {
             field(format!(
                 "invalid prefix config: {}",
@@ -255,7 +255,7 @@ impl PrefixConfig {
                 )));
             }
         }
-        let format = format.ok_or(ConfigError::MissingFormat)?;
+        let format = format.ok_or(PrefixError::MissingFormat)?;
         let template = Template::parse(&format, seq_length)?;
         let config = PrefixConfig {
             format,
@@ -293,7 +293,7 @@ impl PrefixConfig {
 mod tests {
     use super::*;
 
-    fn parse(body: &str) -> Result<PrefixConfig, ConfigError> {
+    fn parse(body: &str) -> Result<PrefixConfig, PrefixError> {
         PrefixConfig::from_request(body.as_bytes()).map(|(c, _)| c)
     }
 
@@ -402,13 +402,13 @@ mod tests {
         ];
         for (body, want) in field_errors {
             match parse(body) {
-                Err(ConfigError::Field(msg)) => assert!(msg.contains(want), "{body}: {msg}"),
+                Err(PrefixError::Field(msg)) => assert!(msg.contains(want), "{body}: {msg}"),
                 other => panic!("{body}: {other:?}"),
             }
         }
         assert_eq!(
             parse(r#"{"mode":"sequence"}"#),
-            Err(ConfigError::MissingFormat)
+            Err(PrefixError::MissingFormat)
         );
         assert_eq!(
             parse(r#"{"format":"INVALID"}"#).unwrap_err().to_string(),
@@ -416,7 +416,7 @@ mod tests {
         );
         assert!(matches!(
             parse(r#"{"format":"'; DROP TABLE users;--{SEQ:3}"}"#),
-            Err(ConfigError::Format(TemplateError::BadChar {
+            Err(PrefixError::Format(TemplateError::BadChar {
                 ch: '\'',
                 pos: 1
             }))

@@ -177,7 +177,7 @@ pub async fn keep_reserved(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::id::{Layout, LayoutSettings, Policy, PrefixClock};
+    use crate::id::{LastIssued, Layout, LayoutSettings, Policy};
     use crate::metrics::Metrics;
     use crate::node::{Blocked, NodeSettings};
     use crate::store::embedded::EmbeddedStore;
@@ -206,7 +206,7 @@ mod tests {
         let claim = acquire(&first, &source).await.unwrap();
         assert_eq!((claim.dc, claim.worker, claim.hwm_ms), (1, 5, None));
         assert_eq!(store.load_hwm(1, 5).await.unwrap(), Some(T0 + 2000));
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         let issued = first.try_issue(&p, 1).unwrap();
         let last_id = first
             .layout()
@@ -219,7 +219,7 @@ mod tests {
         let grant = second.grant().unwrap();
         assert_eq!(grant.floor, second.layout().units_at(T0 + 2000));
         second.raise_time_to(grant.floor);
-        let p2 = PrefixClock::new();
+        let p2 = LastIssued::new();
         let again = second.try_issue(&p2, 1).unwrap();
         let id = second
             .layout()
@@ -253,7 +253,7 @@ mod tests {
         // A logical clock (the wall clock stepped back) runs into the ceiling: it is
         // extended on demand.
         clock.step_back(10_000);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         let mut issued = 0u64;
         let mut ceilings = 0;
         while issued < 3000 * 4096 && ceilings < 500 {

@@ -1,15 +1,17 @@
 //! The one error type of the HTTP layer and the one match that gives each its status and
-//! code (SPEC section 3.4). Domain errors convert with `From`; the body always carries a
+//! code (SPEC section 3.5). Domain errors convert with `From`; the body always carries a
 //! message for people, the code for programs, and a timestamp.
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use tracing::Level;
 
+use super::request::logged_path;
+use super::{HttpResponse, json_response};
 use crate::format::TemplateError;
-use crate::prefix::ConfigError;
+use crate::prefix::PrefixError;
 use crate::service::{AdminError, IssueError};
 use crate::store::StoreError;
 
@@ -48,6 +50,11 @@ pub enum ApiError {
     },
     #[error("storage unavailable: {0}")]
     StorageUnavailable(String),
+    /// A failure of this server, not of the request or the store (the metrics encoder
+    /// failed, a task died). SPEC 3.5 has no 500: it answers 503 `NOT_READY`, which tells a
+    /// client what to do (retry later, or another node), and is logged at ERROR.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -65,7 +72,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) => {
+            ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) | ApiError::Internal(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -85,25 +92,51 @@ impl ApiError {
             ApiError::ModeChange(_) => "MODE_CHANGE",
             ApiError::SequenceOverflow(_) => "SEQUENCE_OVERFLOW",
             ApiError::BodyTooLarge => "BODY_TOO_LARGE",
-            ApiError::NotReady { .. } => "NOT_READY",
+            ApiError::NotReady { .. } | ApiError::Internal(_) => "NOT_READY",
             ApiError::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
         }
     }
 
+    /// How a response with this error is logged: every 5xx, once. ERROR for what an
+    /// operator must look at (the store, this server); WARN for `NOT_READY`, a state the
+    /// node is in on purpose (starting, fenced, clock policy `reject`) whose start and end
+    /// the node logs itself. 4xx are the client's business (a 401 is logged at WARN where
+    /// the token is checked, with the peer).
+    pub fn log_level(&self) -> Option<Level> {
+        match self {
+            ApiError::StorageUnavailable(_) | ApiError::Internal(_) => Some(Level::ERROR),
+            ApiError::NotReady { .. } => Some(Level::WARN),
+            _ => None,
+        }
+    }
+
+    /// Logs this error at its [`ApiError::log_level`], with the route's label and the
+    /// request line (its path cut short); called where errors become responses.
+    pub fn log(&self, route: &str, request: Option<&Parts>) {
+        let Some(level) = self.log_level() else {
+            return;
+        };
+        let method = request.map(|p| p.method.as_str()).unwrap_or_default();
+        let path = request
+            .map(|p| logged_path(p.uri.path()))
+            .unwrap_or_default();
+        let (status, code) = (self.status().as_u16(), self.code());
+        if level == Level::ERROR {
+            tracing::error!(route, method, path, status, code, error = %self, "request failed");
+        } else {
+            tracing::warn!(route, method, path, status, code, error = %self, "request refused");
+        }
+    }
+
     /// The JSON error response.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_response(self) -> HttpResponse {
         let body = serde_json::json!({
             "error": self.to_string(),
             "code": self.code(),
             "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         });
-        let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-        *resp.status_mut() = self.status();
+        let mut resp = json_response(self.status(), &body);
         let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             ApiError::MethodNotAllowed { allow, .. } => {
@@ -113,7 +146,7 @@ impl ApiError {
                 let secs = retry_after.as_millis().div_ceil(1000).max(1);
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
             }
-            ApiError::StorageUnavailable(_) => {
+            ApiError::StorageUnavailable(_) | ApiError::Internal(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Unauthorized => {
@@ -134,15 +167,15 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<ConfigError> for ApiError {
-    fn from(e: ConfigError) -> Self {
+impl From<PrefixError> for ApiError {
+    fn from(e: PrefixError) -> Self {
         match e {
-            ConfigError::Format(TemplateError::MissingSeq) => {
+            PrefixError::Format(TemplateError::MissingSeq) => {
                 ApiError::InvalidFormat("Missing {SEQ} tag".into())
             }
-            ConfigError::Format(t) => ApiError::InvalidFormat(format!("invalid format: {t}")),
-            ConfigError::MissingFormat => ApiError::InvalidFormat(e.to_string()),
-            ConfigError::Field(m) => ApiError::InvalidConfig(m),
+            PrefixError::Format(t) => ApiError::InvalidFormat(format!("invalid format: {t}")),
+            PrefixError::MissingFormat => ApiError::InvalidFormat(e.to_string()),
+            PrefixError::Field(m) => ApiError::InvalidConfig(m),
         }
     }
 }
@@ -233,12 +266,98 @@ mod tests {
                 503,
                 "STORAGE_UNAVAILABLE",
             ),
+            (ApiError::Internal("x".into()), 503, "NOT_READY"),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status().as_u16(), e.code()), (status, code));
+            // Every 5xx is logged, nothing else is.
+            assert_eq!(e.log_level().is_some(), status >= 500, "{e:?}");
             let resp = e.into_response();
             assert_eq!(resp.status().as_u16(), status);
         }
+    }
+
+    #[test]
+    fn internal_errors_are_retried_like_any_503_and_logged_at_error() {
+        let e = ApiError::Internal("the metrics encoder did not finish".into());
+        assert_eq!(e.log_level(), Some(Level::ERROR));
+        assert_eq!(
+            ApiError::StorageUnavailable("x".into()).log_level(),
+            Some(Level::ERROR)
+        );
+        let not_ready = ApiError::NotReady {
+            reason: "x".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(not_ready.log_level(), Some(Level::WARN));
+        assert_eq!(
+            e.to_string(),
+            "internal error: the metrics encoder did not finish"
+        );
+        let resp = e.into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+
+    /// A `MakeWriter` into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn a_5xx_is_logged_once_with_its_route_and_a_short_path() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(out.clone())
+            .finish();
+        let long = format!("/numbers/{}", "A".repeat(1000));
+        let (parts, ()) = http::Request::post(long.as_str())
+            .body(())
+            .unwrap()
+            .into_parts();
+        tracing::subscriber::with_default(subscriber, || {
+            ApiError::StorageUnavailable("etcd timed out".into())
+                .log("/numbers/{key}", Some(&parts));
+            ApiError::InvalidCount.log("/numbers/{key}", Some(&parts));
+            ApiError::Internal("gone".into()).log("unmatched", None);
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        let f = &lines[0]["fields"];
+        assert_eq!(lines[0]["level"], "ERROR");
+        assert_eq!(
+            (&f["route"], &f["method"], &f["status"], &f["code"]),
+            (
+                &"/numbers/{key}".into(),
+                &"POST".into(),
+                &503.into(),
+                &"STORAGE_UNAVAILABLE".into()
+            )
+        );
+        assert_eq!(f["path"].as_str().map(str::len), Some(256));
+        assert_eq!(f["error"], "storage unavailable: etcd timed out");
+        assert_eq!(lines[1]["level"], "ERROR");
+        assert_eq!(lines[1]["fields"]["error"], "internal error: gone");
     }
 
     #[test]
@@ -259,12 +378,12 @@ mod tests {
         assert_eq!(e.code(), "STORAGE_UNAVAILABLE");
         let e: ApiError = AdminError::Exists.into();
         assert_eq!(e.to_string(), "Prefix already exists");
-        let e: ApiError = ConfigError::Format(TemplateError::MissingSeq).into();
+        let e: ApiError = PrefixError::Format(TemplateError::MissingSeq).into();
         assert_eq!(
             (e.code(), e.to_string().as_str()),
             ("INVALID_FORMAT", "Missing {SEQ} tag")
         );
-        let e: ApiError = ConfigError::Field("seq_length".into()).into();
+        let e: ApiError = PrefixError::Field("seq_length".into()).into();
         assert_eq!(e.code(), "INVALID_CONFIG");
     }
 }

@@ -1,14 +1,27 @@
-//! The HTTP boundary: an accept loop on plain hyper 1.x (HTTP/1.1 and h2c), a router that
-//! matches `(method, path)` (in [`router`]), handlers with no business logic, and one
-//! error type ([`error::ApiError`]). Connections drain on shutdown.
+//! The HTTP boundary: an accept loop on plain hyper 1.x (HTTP/1.1 and h2c), handlers with
+//! no business logic, and one error type. Connections drain on shutdown.
+//!
+//! - [`router`]: path and method to a route, metrics per route, errors into responses.
+//! - `request`: path parameters, query, percent-decoding, `Accept`, the bounded body.
+//! - `numbers`: the numbers route, rendered straight into the response buffer.
+//! - `admin`: the bearer-token check and `/prefix-configs`.
+//! - [`ops`]: `/ids`, `/health`, `/ready`, `/metrics`, `/cluster/nodes`.
+//! - [`error`]: [`error::ApiError`] and its one match to status and code (SPEC 3.5).
 
+mod admin;
 pub mod error;
-pub mod router;
+mod numbers;
+pub mod ops;
+mod request;
+mod router;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,6 +29,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 pub use router::HttpState;
+
+/// Every response numgen sends: a complete body.
+pub type HttpResponse = Response<Full<Bytes>>;
 
 /// How long a client may take to send its request headers.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -82,4 +98,20 @@ pub async fn serve(
 /// The address the server should log and advertise for `listener`.
 pub fn local_addr(listener: &TcpListener) -> Option<SocketAddr> {
     listener.local_addr().ok()
+}
+
+/// A response with `status`, `content_type` and `body`.
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> HttpResponse {
+    // A boxed slice: `Bytes` takes it over without allocating a shared header, which a
+    // `Vec` with spare capacity would need.
+    let mut resp = Response::new(Full::new(Bytes::from(body.into_boxed_slice())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+/// A JSON response.
+fn json_response(status: StatusCode, value: &serde_json::Value) -> HttpResponse {
+    respond(status, "application/json", value.to_string().into_bytes())
 }

@@ -106,13 +106,13 @@ pub enum NextError {
 
 /// The last number a prefix issued on this node.
 #[derive(Debug, Default)]
-pub struct PrefixClock {
+pub struct LastIssued {
     state: AtomicU64,
 }
 
-impl PrefixClock {
-    pub fn new() -> PrefixClock {
-        PrefixClock::default()
+impl LastIssued {
+    pub fn new() -> LastIssued {
+        LastIssued::default()
     }
 
     /// The timestamp of the last number issued (0 when none).
@@ -155,11 +155,12 @@ impl Generator {
         packed >> self.sequence_bits
     }
 
-    /// Issues up to `want` numbers (at least one) from `clock`. A batch may come back short
-    /// when the lead or the ceiling is reached; ask again for the rest.
+    /// Issues up to `want` numbers (at least one) after `last`, the prefix's last number.
+    /// A batch may come back short when the lead or the ceiling is reached; ask again for
+    /// the rest.
     #[inline]
-    pub fn next(&self, clock: &PrefixClock, want: u64, b: &Bounds) -> Result<Batch, NextError> {
-        match self.next_with(clock, want, || Ok::<_, std::convert::Infallible>(*b)) {
+    pub fn next(&self, last: &LastIssued, want: u64, b: &Bounds) -> Result<Batch, NextError> {
+        match self.next_with(last, want, || Ok::<_, std::convert::Infallible>(*b)) {
             Ok(r) => r,
             Err(never) => match never {},
         }
@@ -173,13 +174,13 @@ impl Generator {
     #[inline]
     pub fn next_with<E>(
         &self,
-        clock: &PrefixClock,
+        last: &LastIssued,
         want: u64,
         mut bounds: impl FnMut() -> Result<Bounds, E>,
     ) -> Result<Result<Batch, NextError>, E> {
         let mut b: Option<Bounds> = None;
         loop {
-            let old = clock.state.load(Ordering::Acquire);
+            let old = last.state.load(Ordering::Acquire);
             // Read the clock after the load; on a retry only when the state moved past what
             // the earlier reading allows (another thread issued with a later reading).
             let stale =
@@ -192,7 +193,7 @@ impl Generator {
                 Ok(p) => p,
                 Err(e) => return Ok(Err(e)),
             };
-            if clock
+            if last
                 .state
                 .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -290,7 +291,7 @@ mod tests {
     }
 
     /// Issues one number and returns its ID.
-    fn one(g: &Generator, l: &Layout, c: &PrefixClock, b: &Bounds) -> Result<u64, NextError> {
+    fn one(g: &Generator, l: &Layout, c: &LastIssued, b: &Bounds) -> Result<u64, NextError> {
         let batch = g.next(c, 1, b)?;
         assert_eq!(batch.count, 1);
         Ok(l.compose_packed(batch.first, batch.degraded.is_some(), l.node_bits(1, 2)))
@@ -299,7 +300,7 @@ mod tests {
     #[test]
     fn numbers_in_one_unit_count_up_then_move_to_the_next_unit() {
         let (l, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let b = bounds(100);
         let first = g.next(&c, 1, &b).unwrap();
         assert_eq!(first.first, 100 << 12);
@@ -319,7 +320,7 @@ mod tests {
     #[test]
     fn a_new_unit_restarts_the_sequence() {
         let (_, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         g.next(&c, 10, &bounds(100)).unwrap();
         assert_eq!(g.next(&c, 1, &bounds(200)).unwrap().first, 200 << 12);
     }
@@ -327,7 +328,7 @@ mod tests {
     #[test]
     fn issuing_starts_above_the_floor_and_stops_at_the_ceiling() {
         let (_, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let b = Bounds {
             floor: 100,
             ceiling: 101,
@@ -350,7 +351,7 @@ mod tests {
     #[test]
     fn a_degraded_node_uses_a_logical_clock_up_to_the_ceiling() {
         let (l, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         g.next(&c, 1, &bounds(1000)).unwrap();
         let degraded = Bounds {
             degraded: Some(DegradeReason::LeaseLost),
@@ -385,7 +386,7 @@ mod tests {
     #[test]
     fn a_normal_number_after_a_degraded_one_in_the_same_unit_moves_to_the_next_unit() {
         let (l, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let node = l.node_bits(0, 0);
         let normal = g.next(&c, 1, &bounds(50)).unwrap();
         let deg = g
@@ -411,7 +412,7 @@ mod tests {
     #[test]
     fn skew_degraded_numbers_still_follow_the_clock() {
         let (_, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let skewed = Bounds {
             degraded: Some(DegradeReason::ClockSkew),
             ..bounds(100)
@@ -423,7 +424,7 @@ mod tests {
     #[test]
     fn a_prefix_far_ahead_of_the_clock_degrades_or_rejects_by_policy() {
         let (_, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         g.next(&c, 1, &bounds(10_000)).unwrap();
         // The clock stepped back 3 units: within max_wait, so wait.
         assert_eq!(
@@ -453,7 +454,7 @@ mod tests {
         })
         .unwrap();
         let g = Generator::new(&layout);
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let b = Bounds {
             ceiling: u64::MAX,
             ..bounds(3)
@@ -466,7 +467,7 @@ mod tests {
     #[test]
     fn sealing_between_an_issuers_bounds_and_its_swap_leaves_nothing_issued_above_it() {
         let (_, g) = generator();
-        let c = PrefixClock::new();
+        let c = LastIssued::new();
         let b = bounds(100);
         g.next(&c, 3, &b).unwrap();
         // The stop path runs after this issuer read its bounds, before its compare-and-swap.
@@ -494,13 +495,13 @@ mod tests {
         }
         // Sealed twice: the layout's last timestamp, never an overflow.
         assert_eq!(c.seal(&g), g.max_timestamp);
-        assert_eq!(PrefixClock::new().seal(&g), 0);
+        assert_eq!(LastIssued::new().seal(&g), 0);
     }
 
     #[test]
     fn concurrent_issuers_on_one_prefix_never_repeat_and_each_sees_increasing_ids() {
         let (l, g) = generator();
-        let c = Arc::new(PrefixClock::new());
+        let c = Arc::new(LastIssued::new());
         let start = std::time::Instant::now();
         let threads: Vec<_> = (0..4)
             .map(|_| {
@@ -565,7 +566,7 @@ mod tests {
             #[test]
             fn ids_strictly_increase_under_any_clock(steps in proptest::collection::vec(step(), 1..60)) {
                 let (l, g) = generator();
-                let c = PrefixClock::new();
+                let c = LastIssued::new();
                 let mut last: Option<u64> = None;
                 for st in steps {
                     let b = Bounds {

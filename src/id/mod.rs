@@ -3,25 +3,33 @@
 pub mod generator;
 pub mod layout;
 
-pub use generator::{Batch, Bounds, DegradeReason, Generator, NextError, Policy, PrefixClock};
+pub use generator::{Batch, Bounds, DegradeReason, Generator, LastIssued, NextError, Policy};
 pub use layout::{IdParts, Layout, LayoutError, LayoutSettings};
 
-/// The fields of `id` as `/ids/{id}` and `numgen decode` show them; `None` when the sign
-/// bit is set.
-pub fn describe(layout: &Layout, id: u64) -> Option<serde_json::Value> {
+/// An ID taken apart, with its time in Unix milliseconds: what `/ids/{id}` and
+/// `numgen decode` show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub id: u64,
+    /// When the ID's timestamp field says it was issued, Unix ms.
+    pub unix_ms: u64,
+    pub datacenter: u64,
+    pub worker: u64,
+    pub sequence: u64,
+    pub degraded: bool,
+}
+
+/// The fields of `id` under `layout`; `None` when the sign bit is set.
+pub fn describe(layout: &Layout, id: u64) -> Option<Decoded> {
     let p = layout.decompose(id)?;
-    let ms = layout.unix_ms_at(p.timestamp);
-    let time = chrono::DateTime::from_timestamp_millis(ms as i64)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
-    Some(serde_json::json!({
-        "id": id.to_string(),
-        "timestamp_ms": ms,
-        "time": time,
-        "datacenter": p.datacenter,
-        "worker": p.worker,
-        "sequence": p.sequence,
-        "degraded": p.degraded,
-    }))
+    Some(Decoded {
+        id,
+        unix_ms: layout.unix_ms_at(p.timestamp),
+        datacenter: p.datacenter,
+        worker: p.worker,
+        sequence: p.sequence,
+        degraded: p.degraded,
+    })
 }
 
 #[cfg(test)]
@@ -38,17 +46,16 @@ mod tests {
             worker: 9,
             sequence: 77,
         });
-        let v = describe(&l, id).unwrap();
-        assert_eq!(v["id"], id.to_string());
-        assert_eq!(v["timestamp_ms"], layout::DEFAULT_EPOCH_MS + 1000);
-        assert_eq!(v["time"], "2024-01-01T00:00:01.000Z");
         assert_eq!(
-            (v["datacenter"].as_u64(), v["worker"].as_u64()),
-            (Some(2), Some(9))
-        );
-        assert_eq!(
-            (v["sequence"].as_u64(), v["degraded"].as_bool()),
-            (Some(77), Some(true))
+            describe(&l, id),
+            Some(Decoded {
+                id,
+                unix_ms: layout::DEFAULT_EPOCH_MS + 1000,
+                datacenter: 2,
+                worker: 9,
+                sequence: 77,
+                degraded: true,
+            })
         );
         assert!(describe(&l, u64::MAX).is_none());
     }

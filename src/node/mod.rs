@@ -15,7 +15,7 @@ use prometheus::IntCounter;
 use tokio::sync::Notify;
 
 use crate::clock::{Clock, ClockGuard, GuardChange};
-use crate::id::{Batch, Bounds, DegradeReason, Generator, Layout, NextError, Policy, PrefixClock};
+use crate::id::{Batch, Bounds, DegradeReason, Generator, LastIssued, Layout, NextError, Policy};
 use crate::metrics::Metrics;
 
 mod grant;
@@ -189,9 +189,9 @@ impl Node {
         self.observe();
     }
 
-    /// Issues up to `want` numbers from `clock`.
+    /// Issues up to `want` numbers of the prefix whose last number is `prefix`.
     #[inline]
-    pub fn try_issue(&self, prefix: &PrefixClock, want: u64) -> Result<Issued, Blocked> {
+    pub fn try_issue(&self, prefix: &LastIssued, want: u64) -> Result<Issued, Blocked> {
         let Some(grant) = self.grant.get() else {
             return Err(Blocked::NotReady {
                 reason: "no worker ID is held",
@@ -514,7 +514,7 @@ mod tests {
     fn no_grant_is_not_ready() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = node(clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         assert!(matches!(
             n.try_issue(&p, 1),
             Err(Blocked::NotReady {
@@ -532,7 +532,7 @@ mod tests {
             for step in [1, 5, 6, 10_000] {
                 let clock = Arc::new(ManualClock::new(T0));
                 let n = granted(&clock, policy, Policy::Degrade);
-                let p = PrefixClock::new();
+                let p = LastIssued::new();
                 let before = n.try_issue(&p, 1).unwrap();
                 let mut last = id_of(&n, &before, 0);
                 clock.step_back(step);
@@ -578,7 +578,7 @@ mod tests {
     fn a_backward_episode_lasts_until_the_clock_passes_the_last_number_issued() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         let first = n.try_issue(&p, 1).unwrap();
         clock.step_back(10_000);
         // 100,000 numbers from the logical clock: about 25 units past the last reading.
@@ -611,7 +611,7 @@ mod tests {
     fn sequence_exhaustion_inside_one_unit_waits_at_most_one_unit() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         // Two units of sequence (this one and one of lead), then wait.
         let a = n.try_issue(&p, 10_000).unwrap();
         assert_eq!(a.batch.count, 8192);
@@ -627,7 +627,7 @@ mod tests {
     fn lease_loss_degrades_from_a_frozen_clock_within_the_reservation_or_rejects() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         let first = n.try_issue(&p, 1).unwrap();
         let ceiling = n.grant().unwrap().ceiling;
         n.set_lease_lost(true);
@@ -664,7 +664,7 @@ mod tests {
     fn skew_degrades_and_recovers() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         n.set_clock_skew(true, 5000.0);
         assert_eq!(
             n.try_issue(&p, 1).unwrap().batch.degraded,
@@ -685,7 +685,7 @@ mod tests {
     fn starting_and_stopping_are_not_ready() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = granted(&clock, Policy::Degrade, Policy::Degrade);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         n.set_starting(true);
         assert!(matches!(n.try_issue(&p, 1), Err(Blocked::NotReady { .. })));
         n.set_starting(false);
@@ -698,7 +698,7 @@ mod tests {
     fn nothing_is_issued_above_the_timestamp_sealed_at_stop() {
         let clock = Arc::new(ManualClock::new(T0));
         let n = Arc::new(granted(&clock, Policy::Degrade, Policy::Degrade));
-        let p = Arc::new(PrefixClock::new());
+        let p = Arc::new(LastIssued::new());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let issuers: Vec<_> = (0..3)
             .map(|_| {
@@ -749,7 +749,7 @@ mod tests {
         let floor = n.layout().units_at(T0 + 10_000);
         n.install_grant(0, 0, floor, floor + 2000);
         n.raise_time_to(floor);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         let i = n.try_issue(&p, 1).unwrap();
         assert_eq!(i.batch.degraded, Some(DegradeReason::ClockBackward));
         assert_eq!(i.batch.first >> 12, floor + 1);
@@ -765,7 +765,7 @@ mod tests {
         let n = node(clock.clone(), Policy::Degrade, Policy::Degrade);
         let now = n.now_units();
         n.install_grant(0, 0, 0, now);
-        let p = PrefixClock::new();
+        let p = LastIssued::new();
         assert_eq!(n.try_issue(&p, 5000).unwrap().batch.count, 4096);
         assert_eq!(n.try_issue(&p, 1), Err(Blocked::Ceiling));
         n.extend_ceiling(now + 10);
