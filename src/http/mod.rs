@@ -14,6 +14,8 @@ mod numbers;
 pub mod ops;
 mod request;
 mod router;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ mod admin;
 mod issue;
 mod registry;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,159 @@
+//! The HTTP layer in-process: [`serve`] on 127.0.0.1:0 with a service on an embedded
+//! store, and one request per route and per error the router produces, each over its own
+//! HTTP/1.1 connection. The black-box suites (`tests/http_*.rs`) run the real binary; this
+//! checks the same paths without a process, fast, and where coverage sees them.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use super::{HttpState, serve};
+use crate::clock::ManualClock;
+use crate::cluster::Standalone;
+use crate::service::test_support::{T0, service};
+
+const TOKEN: &str = "in-process-token";
+
+/// A request (method, path, body) and what must come back (status, a piece of the body).
+type Case<'a> = ((&'a str, &'a str, &'a [u8]), (u16, &'a str));
+
+/// (status, content type, body) of one request over a new connection.
+async fn send(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    accept: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, String, String) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("authorization", format!("Bearer {TOKEN}"));
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    driver.abort();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_route_and_error_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let service = Arc::new(service(&dir, clock.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cluster = Arc::new(Standalone {
+        node_id: "in-process".into(),
+        addr: addr.to_string(),
+        dc: 0,
+        worker: 1,
+        clock,
+    });
+    let state = Arc::new(HttpState::new(service, TOKEN.into(), cluster));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+
+    let seq: &[u8] = br#"{"format":"Q-{SEQ:3}","mode":"sequence"}"#;
+    let big = vec![b' '; super::request::MAX_BODY + 1];
+    #[rustfmt::skip]
+    let cases: Vec<Case> = vec![
+        (("POST", "/prefix-configs/SQ", seq), (200, "\"registered\"")),
+        (("POST", "/prefix-configs/SQ", seq), (409, "PREFIX_EXISTS")),
+        (("POST", "/api/prefix-configs/SF", br#"{"format":"S-{SEQ:3}"}"#), (200, "S-{SEQ")),
+        (("POST", "/prefix-configs/BAD", br#"{"format":"S"}"#), (400, "INVALID_FORMAT")),
+        (("GET", "/numbers/SQ", b""), (200, r#"{"number":"Q-001","id":"1","degraded":false}"#)),
+        (("GET", "/api/numbers/SF?count=2", b""), (200, r#"{"numbers":[{"number":"S-"#)),
+        (("GET", "/numbers?prefixKey=-x", b""), (400, "INVALID_PREFIX_KEY")),
+        (("GET", "/numbers", b""), (400, "INVALID_PREFIX_KEY")),
+        (("GET", "/numbers/a%20b", b""), (400, "INVALID_PREFIX_KEY")),
+        (("GET", "/numbers/SQ?count=0", b""), (400, "INVALID_COUNT")),
+        (("GET", "/numbers/NOPE", b""), (400, "PREFIX_NOT_REGISTERED")),
+        (("POST", "/numbers/SF", &big), (413, "BODY_TOO_LARGE")),
+        (("PUT", "/prefix-configs/SQ", &big), (413, "BODY_TOO_LARGE")),
+        (("PUT", "/prefix-configs/SQ", br#"{"format":"R{SEQ:3}","mode":"sequence"}"#), (200, "R{")),
+        (("GET", "/prefix-configs/SQ", b""), (200, r#""prefix_key":"SQ""#)),
+        (("GET", "/prefix-configs", b""), (200, r#"{"prefixes":[{"#)),
+        (("DELETE", "/prefix-configs/SQ", b""), (200, r#"{"status":"deleted"}"#)),
+        (("DELETE", "/prefix-configs/SQ", b""), (404, "NOT_FOUND")),
+        (("GET", "/prefix-configs/-x", b""), (400, "INVALID_PREFIX_KEY")),
+        (("PATCH", "/prefix-configs/SQ", b""), (405, "METHOD_NOT_ALLOWED")),
+        (("GET", "/ids/4198476878", b""), (200, r#""worker":"#)),
+        (("GET", "/ids/x", b""), (400, "INVALID_CONFIG")),
+        (("GET", "/health", b""), (200, r#""now_ms":1763700000000"#)),
+        (("GET", "/api/ready", b""), (200, r#"{"reasons":[],"status":"ok"}"#)),
+        (("GET", "/cluster/nodes", b""), (200, r#""node_id":"in-process""#)),
+        (("POST", "/health", b""), (405, "METHOD_NOT_ALLOWED")),
+        (("HEAD", "/numbers/SF", b""), (405, "")),
+        (("GET", "/nope", b""), (404, "NOT_FOUND")),
+        (("GET", "/metrics", b""), (200, "numgen_worker_id 1")),
+    ];
+    for ((method, path, body), (status, piece)) in cases {
+        let got = send(addr, method, path, None, body.to_vec()).await;
+        assert_eq!(got.0, status, "{method} {path}: {got:?}");
+        assert!(got.2.contains(piece), "{method} {path}: {got:?}");
+        let json = got.1 == "application/json";
+        assert!(
+            json || got.1.starts_with("text/plain"),
+            "{method} {path}: {got:?}"
+        );
+    }
+    let text = send(
+        addr,
+        "POST",
+        "/numbers?prefixKey=SF&count=2",
+        Some("text/plain"),
+        vec![],
+    );
+    let (status, content_type, lines) = text.await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/plain; charset=utf-8")
+    );
+    assert_eq!(
+        lines.lines().filter(|l| l.starts_with("S-")).count(),
+        2,
+        "{lines}"
+    );
+    // Every request was counted under its route's pattern.
+    let (_, _, metrics) = send(addr, "GET", "/metrics", None, Vec::new()).await;
+    for counted in [
+        r#"numgen_http_requests_total{route="/numbers/{key}",status="200"} 3"#,
+        r#"numgen_http_requests_total{route="/numbers/{key}",status="413"} 1"#,
+        r#"numgen_http_requests_total{route="unmatched",status="404"} 1"#,
+        r#"numgen_http_requests_total{route="/metrics",status="200"} 1"#,
+    ] {
+        assert!(metrics.contains(counted), "no {counted}:\n{metrics}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap();
+}
