@@ -166,15 +166,14 @@ impl HttpState {
     /// response here, and a 5xx is logged here, once.
     fn finish(
         &self,
-        route: RouteId,
-        parts: &Parts,
+        (route, method, path): (RouteId, &Method, Option<&str>),
         result: Result<HttpResponse, ApiError>,
         started: Instant,
     ) -> HttpResponse {
         let resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                e.log(route.label(), Some(parts));
+                e.log(route.label(), method, path);
                 e.into_response()
             }
         };
@@ -215,7 +214,7 @@ impl Future for Reply {
             Reply::Ready(resp) => Poll::Ready(Ok(resp.take().unwrap_or_else(|| {
                 // hyper never polls a finished future; were it to, it gets an answer.
                 let e = ApiError::Internal("the response was already taken".into());
-                e.log(RouteId::Unmatched.label(), None);
+                e.log(RouteId::Unmatched.label(), &Method::GET, None);
                 e.into_response()
             }))),
             Reply::Later(fut) => fut.as_mut().poll(cx).map(Ok),
@@ -234,16 +233,17 @@ pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) ->
         && !declared_too_large(&parts.headers)
     {
         let begun = numbers::begin(&state.service, &parts, param);
+        let request = (route, &parts.method, Some(parts.uri.path()));
         return match begun {
-            Ok(Begun::Done(resp)) => {
-                Reply::Ready(Some(state.finish(route, &parts, Ok(resp), started)))
-            }
-            Err(e) => Reply::Ready(Some(state.finish(route, &parts, Err(e), started))),
+            Ok(Begun::Done(resp)) => Reply::Ready(Some(state.finish(request, Ok(resp), started))),
+            Err(e) => Reply::Ready(Some(state.finish(request, Err(e), started))),
             Ok(Begun::Later(pending)) => {
-                let state = state.clone();
+                // Not `parts`: its URI and headers point into the connection's read buffer,
+                // and while they live hyper allocates a new buffer for the next request.
+                let (state, method) = (state.clone(), parts.method.clone());
                 Reply::Later(Box::pin(async move {
                     let result = pending.finish(&state.service).await;
-                    state.finish(route, &parts, result, started)
+                    state.finish((route, &method, None), result, started)
                 }))
             }
         };
@@ -252,7 +252,8 @@ pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) ->
     Reply::Later(Box::pin(async move {
         let (route, param) = route_of(parts.uri.path());
         let result = dispatch(&state, route, param, &parts, body, peer).await;
-        state.finish(route, &parts, result, started)
+        let request = (route, &parts.method, Some(parts.uri.path()));
+        state.finish(request, result, started)
     }))
 }
 
