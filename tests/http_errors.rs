@@ -8,7 +8,7 @@ use common::api::{U64_MAX, next};
 use common::server::{Server, ServerOpts, assert_error};
 
 #[test]
-fn keys_counts_unknown_prefixes_routes_and_methods() {
+fn bad_keys_and_counts_change_nothing() {
     let s = Server::start(ServerOpts::default());
     s.register("K", r#"{"format":"K-{SEQ:4}","mode":"sequence"}"#);
 
@@ -62,7 +62,12 @@ fn keys_counts_unknown_prefixes_routes_and_methods() {
     }
     // Refused counts used no numbers.
     assert_eq!(next(&s, "K").0, "K-0001");
+}
 
+#[test]
+fn unknown_prefixes_and_routes() {
+    let s = Server::start(ServerOpts::default());
+    s.register("K", r#"{"format":"K-{SEQ:4}","mode":"sequence"}"#);
     let v = assert_error(&s.get("/numbers/NOPE"), 400, "PREFIX_NOT_REGISTERED");
     assert_eq!(v["error"], "Prefix 'NOPE' not registered");
     let v = assert_error(
@@ -97,7 +102,12 @@ fn keys_counts_unknown_prefixes_routes_and_methods() {
         404,
         "NOT_FOUND",
     );
+}
 
+#[test]
+fn a_wrong_method_is_405_with_an_allow_header_that_lists_the_right_ones() {
+    let s = Server::start(ServerOpts::default());
+    s.register("K", r#"{"format":"K-{SEQ:4}","mode":"sequence"}"#);
     for (method, path, must_allow) in [
         ("DELETE", "/numbers/K", "GET"),
         ("PUT", "/api/numbers/K", "POST"),
@@ -128,7 +138,7 @@ fn keys_counts_unknown_prefixes_routes_and_methods() {
 }
 
 #[test]
-fn conflicts_and_body_limits() {
+fn conflicts_leave_the_first_config() {
     let s = Server::start(ServerOpts::default());
     s.register("DUP", r#"{"format":"DUP-{SEQ:3}"}"#);
     let v = assert_error(
@@ -167,7 +177,11 @@ fn conflicts_and_body_limits() {
         "snowflake"
     );
     assert_eq!(next(&s, "SEQ").0, "S001");
+}
 
+#[test]
+fn sequence_overflow_at_the_top_of_u64() {
+    let s = Server::start(ServerOpts::default());
     // SEQUENCE_OVERFLOW: the last two numbers of u64, then 409.
     s.register(
         "MAXED",
@@ -200,7 +214,11 @@ fn conflicts_and_body_limits() {
         r#"{"format":"M{SEQ:3}","mode":"sequence","initial_seq":18446744073709551615}"#,
     );
     assert_error(&s.get("/numbers/MAX0"), 409, "SEQUENCE_OVERFLOW");
+}
 
+#[test]
+fn bodies_over_16_kib_are_refused_however_they_are_framed() {
+    let s = Server::start(ServerOpts::default());
     // BODY_TOO_LARGE: over 16 KiB, by Content-Length or by a chunked body.
     let token = format!("Bearer {}", s.token());
     let auth = [("Authorization", token.as_str())];

@@ -16,7 +16,6 @@ use serde_json::json;
 fn numbers_batches_text_and_headers() {
     let s = Server::start(ServerOpts::default());
     s.register("SQ", r#"{"format":"{prefix}-{SEQ:5}","mode":"sequence"}"#);
-    s.register("SF", r#"{"format":"SF-{SEQ:3}"}"#);
 
     let r = s.get("/numbers/SQ");
     assert_eq!(r.header("cache-control"), Some("no-store"));
@@ -61,7 +60,13 @@ fn numbers_batches_text_and_headers() {
     assert_eq!(r.text().trim_end(), "SQ-00013");
     let r = s.request("GET", "/numbers/SQ", &[("Accept", "*/*")], b"");
     assert_eq!(number_of(&r).1, 14);
+}
 
+#[test]
+fn snowflake_batches_increase_in_issue_order_and_keep_alive_works() {
+    let s = Server::start(ServerOpts::default());
+    s.register("SF", r#"{"format":"SF-{SEQ:3}"}"#);
+    let text = [("Accept", "text/plain")];
     // Snowflake: strictly increasing in issue order, within and across batches.
     let mut last = 0u64;
     let mut seen = HashSet::new();
@@ -199,20 +204,46 @@ fn not_ready_while_the_clock_is_behind_a_crashed_nodes_reservation() {
     assert_eq!(s.get("/ready").status, 200);
 }
 
+fn seq_config(literal: &str) -> String {
+    json!({"format": format!("{literal}-{{SEQ:6}}"), "mode": "sequence"}).to_string()
+}
+
+fn snow_config(literal: &str) -> String {
+    json!({"format": format!("{literal}-{{SEQ:3}}")}).to_string()
+}
+
+/// Replaces `CSEQ` and `CSNOW` with another format each round, every third round also
+/// deletes and registers them again, until `stop`; returns how many rounds it made.
+fn churn_configs(s: &Server, stop: &std::sync::atomic::AtomicBool) -> usize {
+    let mut round = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        round += 1;
+        let f = if round % 2 == 0 { "Q" } else { "R" };
+        for (key, body) in [("CSEQ", seq_config(f)), ("CSNOW", snow_config(f))] {
+            let path = format!("/prefix-configs/{key}");
+            assert_eq!(s.admin("PUT", &path, &body).status, 200);
+            if round % 3 == 0 {
+                assert_eq!(s.admin("DELETE", &path, "").status, 200);
+                assert_eq!(s.admin("POST", &path, &body).status, 200);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    round
+}
+
 /// Issues from `threads` keep-alive connections while another replaces, deletes and
 /// registers the prefixes again: no number repeats, and each connection sees increasing
 /// IDs per prefix.
 #[test]
 fn concurrent_issuing_across_config_changes_never_repeats() {
     let s = Server::start(ServerOpts::default());
-    let seq = |f: &str| json!({"format": format!("{f}-{{SEQ:6}}"), "mode": "sequence"}).to_string();
-    let snow = |f: &str| json!({"format": format!("{f}-{{SEQ:3}}")}).to_string();
-    s.register("CSEQ", &seq("Q"));
+    s.register("CSEQ", &seq_config("Q"));
     s.register(
         "CSTRICT",
         r#"{"format":"T{SEQ:3}","mode":"sequence","strict":true}"#,
     );
-    s.register("CSNOW", &snow("W"));
+    s.register("CSNOW", &snow_config("W"));
     let keys = ["CSEQ", "CSTRICT", "CSNOW"];
     let stop = std::sync::atomic::AtomicBool::new(false);
     let results: Vec<Vec<(usize, u64)>> = std::thread::scope(|scope| {
@@ -249,27 +280,7 @@ fn concurrent_issuing_across_config_changes_never_repeats() {
                 })
             })
             .collect();
-        let admin = scope.spawn(|| {
-            let mut round = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                round += 1;
-                let f = if round % 2 == 0 { "Q" } else { "R" };
-                assert_eq!(s.admin("PUT", "/prefix-configs/CSEQ", &seq(f)).status, 200);
-                assert_eq!(
-                    s.admin("PUT", "/prefix-configs/CSNOW", &snow(f)).status,
-                    200
-                );
-                if round % 3 == 0 {
-                    for (key, body) in [("CSEQ", seq(f)), ("CSNOW", snow(f))] {
-                        let path = format!("/prefix-configs/{key}");
-                        assert_eq!(s.admin("DELETE", &path, "").status, 200);
-                        assert_eq!(s.admin("POST", &path, &body).status, 200);
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            round
-        });
+        let admin = scope.spawn(|| churn_configs(&s, &stop));
         let results = workers
             .into_iter()
             .map(|w| w.join().expect("worker"))

@@ -67,11 +67,17 @@ fn every_route_also_under_api() {
     assert_error(&s.get("/api/numbers/API"), 400, "PREFIX_NOT_REGISTERED");
 }
 
-#[test]
-fn ids_decode_nodes_health_ready_and_metrics() {
+/// A node with worker ID 5 in datacenter 2, prefix `DEC` registered, and the time before
+/// its first number.
+fn node_5_in_dc_2() -> (Server, u64) {
     let s = Server::start(ServerOpts::default().arg("--worker-id=5").arg("--dc-id=2"));
     s.register("DEC", r#"{"format":"DEC-{SEQ:3}-{worker}-{dc}{flag}"}"#);
-    let before = now_ms();
+    (s, now_ms())
+}
+
+#[test]
+fn ids_decode_every_field_of_this_layout() {
+    let (s, before) = node_5_in_dc_2();
     let (number, id) = next(&s, "DEC");
     assert_eq!(number, format!("DEC-{id}-5-2"));
     for path in [format!("/ids/{id}"), format!("/api/ids/{id}")] {
@@ -92,30 +98,6 @@ fn ids_decode_nodes_health_ready_and_metrics() {
             .unwrap_or_else(|e| panic!("time {v}: {e}"));
         assert_eq!(time.timestamp_millis() as u64, ts);
     }
-    // Date fields come from the number's own timestamp, in the prefix's offset.
-    for (key, offset) in [("EAST", "+14:00"), ("WEST", "-12:00"), ("ODD", "+05:45")] {
-        s.register(
-            key,
-            &json!({"format": "{date}T{hour}.{yy}.{year}{month}{day}-{SEQ:1}", "utc_offset": offset})
-                .to_string(),
-        );
-        let (number, id) = next(&s, key);
-        let v = s.get(&format!("/ids/{id}")).json();
-        let ts = v["timestamp_ms"].as_i64().expect("timestamp_ms");
-        let secs = chrono::FixedOffset::east_opt(
-            chrono::DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{offset}"))
-                .expect("offset")
-                .offset()
-                .local_minus_utc(),
-        )
-        .expect("offset");
-        let local = chrono::DateTime::from_timestamp_millis(ts)
-            .expect("time")
-            .with_timezone(&secs);
-        let want = format!("{}-{id}", local.format("%Y%m%dT%H.%y.%Y%m%d"));
-        assert_eq!(number, want, "{key} {offset}");
-    }
-
     // The default layout: 41 timestamp, 1 degraded, 3 dc, 6 worker, 12 sequence bits.
     let v = s
         .get(&format!(
@@ -149,7 +131,39 @@ fn ids_decode_nodes_health_ready_and_metrics() {
         assert_eq!(r.status, 400, "/ids/{bad}: {}", r.text());
         assert_error(&r, 400, r.json()["code"].as_str().unwrap_or("?"));
     }
+}
 
+#[test]
+fn date_fields_come_from_the_ids_own_timestamp() {
+    let s = Server::start(ServerOpts::default());
+    // Date fields come from the number's own timestamp, in the prefix's offset.
+    for (key, offset) in [("EAST", "+14:00"), ("WEST", "-12:00"), ("ODD", "+05:45")] {
+        s.register(
+            key,
+            &json!({"format": "{date}T{hour}.{yy}.{year}{month}{day}-{SEQ:1}", "utc_offset": offset})
+                .to_string(),
+        );
+        let (number, id) = next(&s, key);
+        let v = s.get(&format!("/ids/{id}")).json();
+        let ts = v["timestamp_ms"].as_i64().expect("timestamp_ms");
+        let secs = chrono::FixedOffset::east_opt(
+            chrono::DateTime::parse_from_rfc3339(&format!("2000-01-01T00:00:00{offset}"))
+                .expect("offset")
+                .offset()
+                .local_minus_utc(),
+        )
+        .expect("offset");
+        let local = chrono::DateTime::from_timestamp_millis(ts)
+            .expect("time")
+            .with_timezone(&secs);
+        let want = format!("{}-{id}", local.format("%Y%m%dT%H.%y.%Y%m%d"));
+        assert_eq!(number, want, "{key} {offset}");
+    }
+}
+
+#[test]
+fn cluster_nodes_health_and_ready() {
+    let (s, before) = node_5_in_dc_2();
     let nodes = s.get("/cluster/nodes").json();
     let list = nodes["nodes"].as_array().expect("nodes");
     assert_eq!(list.len(), 1, "{nodes}");
@@ -182,8 +196,12 @@ fn ids_decode_nodes_health_ready_and_metrics() {
     let r = s.get("/ready");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "ok");
+}
 
-    // Metrics: the SPEC names, route patterns only.
+#[test]
+fn metrics_have_the_spec_names_and_route_patterns_as_labels() {
+    let (s, _) = node_5_in_dc_2();
+    next(&s, "DEC");
     s.register("MSEQ", r#"{"format":"Q{SEQ:3}","mode":"sequence"}"#);
     next(&s, "MSEQ");
     s.get("/numbers/RAWKEYNOTREGISTERED");

@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{HttpState, serve};
 use crate::clock::ManualClock;
@@ -63,11 +64,13 @@ async fn send(
     )
 }
 
-#[tokio::test]
-async fn every_route_and_error_in_process() {
-    let dir = tempfile::tempdir().unwrap();
+/// A server on 127.0.0.1:0 for a service on an embedded store in `dir`; stops when the
+/// sender is used or dropped.
+async fn start(
+    dir: &tempfile::TempDir,
+) -> (std::net::SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let clock = Arc::new(ManualClock::new(T0));
-    let service = Arc::new(service(&dir, clock.clone()));
+    let service = Arc::new(service(dir, clock.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let cluster = Arc::new(Standalone {
@@ -82,7 +85,13 @@ async fn every_route_and_error_in_process() {
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
+    (addr, stop, server)
+}
 
+#[tokio::test]
+async fn every_route_and_error_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, server) = start(&dir).await;
     let seq: &[u8] = br#"{"format":"Q-{SEQ:3}","mode":"sequence"}"#;
     let big = vec![b' '; super::request::MAX_BODY + 1];
     #[rustfmt::skip]
