@@ -7,6 +7,9 @@
 //!   written ahead of the clock in etcd holds the next owner of the ID above it.
 //! - [`a_node_without_a_free_worker_id_waits_for_one`]: 2 worker bits, a fifth node.
 //!
+//! The worker-ID source alone (claim, high timestamp, release) runs in
+//! `tests/store_conformance.rs`, beside the standalone one.
+//!
 //! Each test starts its own etcd and uses its own etcd root, so tests stay independent and
 //! may run in parallel. Tests that wait for a lease to expire or a node to be fenced use
 //! 3 s leases (the minimum) to stay short; the others keep the default 10 s, so that an
@@ -17,16 +20,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::etcd::Etcd;
-use common::server::{Server, assert_error, random_token};
-use numgen::clock::SystemClock;
-use numgen::cluster::etcd::{ClusterSettings, EtcdCluster};
-use numgen::store::StoreError;
-use numgen::worker::{WorkerError, WorkerSource};
+use common::server::{Server, assert_error};
 use serde_json::Value;
 
 #[test]
@@ -294,159 +292,4 @@ fn a_node_without_a_free_worker_id_waits_for_one() {
         nums[0]
     );
     assert_eq!(decode(&fifth, nums[0])["worker"], 2);
-}
-
-/// A node's worker-ID source on `endpoint`, under `root` (datacenter 0, workers 0 to 3), and
-/// a plain client to look at what it writes. Call it inside the `block_on` that uses both:
-/// their connections live on that runtime.
-async fn worker_source(
-    endpoint: &str,
-    root: &str,
-    node: &str,
-) -> (EtcdCluster, etcd_client::Client) {
-    let client = etcd_client(endpoint).await;
-    let settings = ClusterSettings {
-        root: root.to_string(),
-        dc: 0,
-        max_worker: 3,
-        node_id: node.to_string(),
-        addr: "127.0.0.1:9".to_string(),
-        lease_ttl_s: TTL_S,
-        timeout: Duration::from_secs(5),
-    };
-    (
-        EtcdCluster::new(client.clone(), settings, Arc::new(SystemClock)),
-        client,
-    )
-}
-
-fn source_root(name: &str) -> String {
-    format!("/numgen-test/{name}-{}", &random_token()[..8])
-}
-
-/// The value at `key`, as text.
-async fn value_at(client: &mut etcd_client::Client, key: &str) -> Option<String> {
-    let resp = client.get(key, None).await.expect("etcd get");
-    resp.kvs()
-        .first()
-        .map(|kv| kv.value_str().expect("UTF-8 value").to_string())
-}
-
-#[test]
-fn a_late_lower_reservation_leaves_the_high_timestamp_where_it_was() {
-    let Some(etcd) = Etcd::start() else { return };
-    let root = source_root("monotone");
-    let hwm_key = format!("{root}/hwm/0/0");
-    block_on(async {
-        let (node, mut kv) = worker_source(&etcd.endpoint(), &root, "a").await;
-        let claim = node.acquire().await.expect("claim");
-        assert_eq!((claim.worker, claim.hwm_ms), (0, None));
-        let t2 = now_ms() + 60_000;
-        let t1 = t2 - 10_000;
-        node.reserve(&claim, t2).await.expect("reserve T2");
-        // A renewal to T1 that timed out on the node's side and commits at etcd only now,
-        // after the renewal to T2: the node may already have issued numbers up to T2.
-        node.reserve(&claim, t1).await.expect("reserve T1");
-        assert_eq!(
-            value_at(&mut kv, &hwm_key).await,
-            Some(t2.to_string()),
-            "a reservation to T1 after one to T2 lowered the mark"
-        );
-        node.reserve(&claim, t2 + 1)
-            .await
-            .expect("reserve above T2");
-        let t2 = t2 + 1;
-        assert_eq!(value_at(&mut kv, &hwm_key).await, Some(t2.to_string()));
-
-        // The node dies; once its lease is gone it can reserve nothing, high or low.
-        kv.lease_revoke(claim.lease).await.expect("revoke");
-        for ms in [t1, t2 + 1] {
-            let r = node.reserve(&claim, ms).await;
-            assert_eq!(
-                r,
-                Err(WorkerError::NotHeld(0)),
-                "reserve {ms} after the lease"
-            );
-        }
-        // The next owner of the ID starts above T2, not T1.
-        let (next, _) = worker_source(&etcd.endpoint(), &root, "b").await;
-        let taken = next.acquire().await.expect("claim again");
-        assert_eq!((taken.worker, taken.hwm_ms), (0, Some(t2)));
-    });
-}
-
-#[test]
-fn a_graceful_release_still_lowers_the_high_timestamp() {
-    let Some(etcd) = Etcd::start() else { return };
-    let root = source_root("release");
-    let hwm_key = format!("{root}/hwm/0/0");
-    block_on(async {
-        let (node, mut kv) = worker_source(&etcd.endpoint(), &root, "a").await;
-        let claim = node.acquire().await.expect("claim");
-        assert_eq!(claim.worker, 0);
-        let reserved = now_ms() + 60_000;
-        node.reserve(&claim, reserved).await.expect("reserve");
-        node.reserve(&claim, reserved - 10_000)
-            .await
-            .expect("lower reserve");
-        assert_eq!(
-            value_at(&mut kv, &hwm_key).await,
-            Some(reserved.to_string()),
-            "a lower reservation lowered the mark"
-        );
-        // At a graceful stop the node persists the highest timestamp it really used,
-        // below its reservation, and gives the ID up.
-        let used = now_ms();
-        node.release(&claim, used).await.expect("release");
-        assert_eq!(value_at(&mut kv, &hwm_key).await, Some(used.to_string()));
-        assert_eq!(
-            value_at(&mut kv, &format!("{root}/workers/0/0")).await,
-            None,
-            "the worker key outlived the release"
-        );
-        let (next, _) = worker_source(&etcd.endpoint(), &root, "b").await;
-        let taken = next.acquire().await.expect("claim again");
-        assert_eq!((taken.worker, taken.hwm_ms), (0, Some(used)));
-    });
-}
-
-#[test]
-fn an_unreadable_high_timestamp_refuses_the_claim() {
-    let Some(etcd) = Etcd::start() else { return };
-    let root = source_root("corrupt");
-    let hwm_key = format!("{root}/hwm/0/0");
-    block_on(async {
-        let (node, mut kv) = worker_source(&etcd.endpoint(), &root, "a").await;
-        kv.put(hwm_key.as_str(), "garbage", None)
-            .await
-            .expect("etcd put");
-        // Worker 0's floor is unknown: the node must not issue with it (nor quietly take
-        // another ID and leave the damage unnoticed); it says what is wrong and where.
-        match node.acquire().await {
-            Err(WorkerError::Store(StoreError::Corrupt { key, detail })) => {
-                assert_eq!(key, hwm_key);
-                assert!(detail.contains("garbage"), "{detail}");
-            }
-            other => panic!("acquire with a corrupt mark: {other:?}"),
-        }
-        // The lease granted for the attempt is revoked, so the worker key is free again.
-        assert_eq!(
-            value_at(&mut kv, &format!("{root}/workers/0/0")).await,
-            None,
-            "the refused claim left its worker key behind"
-        );
-        let leases = kv.leases().await.expect("etcd leases");
-        assert!(
-            leases.leases().is_empty(),
-            "leases left after the refused claim: {:?}",
-            leases.leases().iter().map(|l| l.id()).collect::<Vec<_>>()
-        );
-        // Once the value is repaired the ID is claimed, above it.
-        let mark = now_ms() + 5_000;
-        kv.put(hwm_key.as_str(), mark.to_string(), None)
-            .await
-            .expect("etcd put");
-        let claim = node.acquire().await.expect("claim after the repair");
-        assert_eq!((claim.worker, claim.hwm_ms), (0, Some(mark)));
-    });
 }

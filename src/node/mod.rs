@@ -310,6 +310,7 @@ impl Node {
             ceiling,
         }));
         self.metrics.worker_id.set(worker as i64);
+        self.publish_lease_health();
         self.reserved.notify_waiters();
     }
 
@@ -317,6 +318,14 @@ impl Node {
     pub fn clear_grant(&self) {
         self.grant.set(None);
         self.metrics.worker_id.set(-1);
+        self.publish_lease_health();
+    }
+
+    /// `numgen_lease_healthy`, from the node's own state (its only writer): 1 while a
+    /// worker ID is held and its lease is not lost.
+    fn publish_lease_health(&self) {
+        let healthy = self.grant.get().is_some() && !self.lease_lost();
+        self.metrics.lease_healthy.set(i64::from(healthy));
     }
 
     /// Records that timestamps up to `ceiling` are persisted for the current grant.
@@ -362,7 +371,7 @@ impl Node {
                 .store(self.now_units().min(ceiling), Ordering::Release);
         }
         if self.set_flag(LEASE_LOST, lost) {
-            self.metrics.lease_healthy.set(i64::from(!lost));
+            self.publish_lease_health();
             if lost {
                 self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
             } else {
@@ -496,6 +505,38 @@ mod tests {
             reserve_window_ms: 2000,
         };
         Node::new(layout, clock, settings, Metrics::new().unwrap())
+    }
+
+    #[test]
+    fn the_lease_gauge_is_one_while_a_worker_id_is_held_and_not_fenced() {
+        let metrics = Metrics::new().unwrap();
+        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
+        let settings = node(
+            Arc::new(ManualClock::new(T0)),
+            Policy::Degrade,
+            Policy::Degrade,
+        )
+        .settings;
+        let n = Node::new(
+            layout,
+            Arc::new(ManualClock::new(T0)),
+            settings,
+            metrics.clone(),
+        );
+        let healthy = || metrics.lease_healthy.get();
+        assert_eq!(healthy(), 0, "no worker ID yet");
+        let now = n.now_units();
+        n.install_grant(0, 1, 0, now + 10);
+        assert_eq!(healthy(), 1);
+        n.set_lease_lost(true);
+        assert_eq!(healthy(), 0);
+        // Claimed again while fenced: healthy only once the fence is lifted.
+        n.install_grant(0, 2, now + 10, now + 20);
+        assert_eq!(healthy(), 0);
+        n.set_lease_lost(false);
+        assert_eq!(healthy(), 1);
+        n.clear_grant();
+        assert_eq!(healthy(), 0);
     }
 
     fn granted(clock: &Arc<ManualClock>, backward: Policy, lease: Policy) -> Node {
