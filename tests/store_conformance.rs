@@ -593,6 +593,27 @@ mod worker_suite {
         );
     }
 
+    /// Renewals racing each other (a slow one overtaken by later ones): the mark ends at
+    /// the highest, whatever order they land in.
+    pub async fn racing_reservations_leave_the_highest(w: &dyn Workers) {
+        let a = w.source().await;
+        let claim = a.acquire().await.unwrap();
+        let base = now_ms() + 60_000;
+        // 24 distinct targets in a scrambled order.
+        let targets: Vec<u64> = (0..24u64).map(|i| base + (i * 7) % 24 * 100).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in targets.iter().copied() {
+            let (a, claim) = (a.clone(), claim.clone());
+            tasks.spawn(async move { a.reserve(&claim, t).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        w.lapse(&claim).await;
+        let next = w.source().await.acquire().await.unwrap();
+        assert_eq!(next.hwm_ms, targets.iter().max().copied());
+    }
+
     pub async fn a_release_lowers_the_mark_to_what_was_used(w: &dyn Workers) {
         let a = w.source().await;
         let claim = a.acquire().await.unwrap();
@@ -676,6 +697,7 @@ macro_rules! worker_conformance {
 
 worker_conformance!(
     reservations_only_raise_the_mark,
+    racing_reservations_leave_the_highest,
     a_release_lowers_the_mark_to_what_was_used,
     a_restarted_node_starts_above_everything_reserved,
 );
