@@ -14,7 +14,7 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
-use crate::clock::{Clock, ClockGuard, GuardChange};
+use crate::clock::{Clock, ClockGuard, GuardChange, Reading};
 use crate::id::{Batch, Bounds, DegradeReason, Generator, Layout, NextError, Policy, PrefixClock};
 use crate::metrics::Metrics;
 
@@ -107,6 +107,28 @@ fn reason_index(r: DegradeReason) -> usize {
     }
 }
 
+/// 503 `NOT_READY` for `reason`, to be retried after a second.
+fn not_ready(reason: &'static str) -> Blocked {
+    Blocked::NotReady {
+        reason,
+        retry_after: Duration::from_secs(1),
+    }
+}
+
+/// Refuses while the node is starting (its clock behind the worker ID's floor) or stopping.
+#[inline]
+fn held_back(flags: u32) -> Result<(), Blocked> {
+    if flags & STOPPING != 0 {
+        Err(not_ready("shutting down"))
+    } else if flags & STARTING != 0 {
+        Err(not_ready(
+            "waiting for the clock to pass this worker ID's reserved timestamp",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl Node {
     pub fn new(
         layout: Layout,
@@ -157,7 +179,7 @@ impl Node {
     }
 
     /// Reads the clock into the guard and handles an episode starting or ending.
-    pub fn observe(&self) -> crate::clock::Reading {
+    pub fn observe(&self) -> Reading {
         let (reading, change) = self
             .guard
             .observe_with(|| self.layout.units_at(self.clock.now_ms()));
@@ -193,10 +215,7 @@ impl Node {
     #[inline]
     pub fn try_issue(&self, prefix: &PrefixClock, want: u64) -> Result<Issued, Blocked> {
         let Some(grant) = self.grant.get() else {
-            return Err(Blocked::NotReady {
-                reason: "no worker ID is held",
-                retry_after: Duration::from_secs(1),
-            });
+            return Err(not_ready("no worker ID is held"));
         };
         let mut reading = None;
         let mut flags = 0;
@@ -204,68 +223,21 @@ impl Node {
         // `Registry::seal_all` at shutdown retries into STOPPING and refuses.
         let bounds = || {
             flags = self.flags.load(Ordering::Acquire);
-            if flags & (STARTING | STOPPING) != 0 {
-                let reason = if flags & STOPPING != 0 {
-                    "shutting down"
-                } else {
-                    "waiting for the clock to pass this worker ID's reserved timestamp"
-                };
-                return Err(Blocked::NotReady {
-                    reason,
-                    retry_after: Duration::from_secs(1),
-                });
-            }
+            held_back(flags)?;
             let r = self.observe();
             reading = Some(r);
-            let mut now = r.now;
-            let mut degraded = None;
-            if flags & LEASE_LOST != 0 {
-                if self.settings.on_lease_loss == Policy::Reject {
-                    return Err(Blocked::NotReady {
-                        reason: "the worker lease is lost",
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
-                degraded = Some(DegradeReason::LeaseLost);
-                now = now.min(self.freeze.load(Ordering::Acquire));
-            } else if let Some(until) = r.backward_until {
-                if self.settings.on_clock_backward == Policy::Reject {
-                    return Err(Blocked::NotReady {
-                        reason: "the clock stepped back",
-                        retry_after: self.units_to_duration(until.saturating_sub(r.wall)),
-                    });
-                }
-                degraded = Some(DegradeReason::ClockBackward);
-            } else if flags & CLOCK_SKEW != 0 {
-                degraded = Some(DegradeReason::ClockSkew);
-            }
-            Ok(Bounds {
-                now,
-                floor: grant.floor,
-                ceiling: grant.ceiling,
-                degraded,
-                max_wait: self.max_wait_units,
-                on_ahead: self.settings.on_clock_backward,
-            })
+            self.bounds_at(&grant, flags, r)
         };
         let result = self.generator.next_with(prefix, want, bounds)?;
         // The closure ran at least once before any outcome.
-        let reading = reading.unwrap_or(crate::clock::Reading {
+        let reading = reading.unwrap_or(Reading {
             now: 0,
             wall: 0,
             backward_until: None,
         });
         match result {
             Ok(batch) => {
-                if let Some(reason) = batch.degraded {
-                    self.degraded[reason_index(reason)].inc_by(batch.count);
-                    // A logical clock ahead of the wall clock: the episode lasts until the
-                    // wall clock passes what was issued, not only what was read.
-                    let last = self.generator.timestamp_of(batch.first + batch.count - 1);
-                    if reason.logical_clock() && last > reading.now {
-                        self.guard.raise_to(last);
-                    }
-                }
+                self.count_degraded(&batch, reading.now);
                 Ok(Issued {
                     batch,
                     dc: grant.dc,
@@ -273,25 +245,77 @@ impl Node {
                     node_bits: grant.node_bits,
                 })
             }
-            Err(NextError::Wait { until }) => Err(Blocked::Wait(
-                self.units_to_duration(until.saturating_sub(reading.wall)),
-            )),
-            Err(NextError::Behind { until }) => Err(Blocked::NotReady {
-                reason: "the clock is behind this prefix's last timestamp",
-                retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
-            }),
-            Err(NextError::Ceiling) if flags & LEASE_LOST != 0 => Err(Blocked::NotReady {
-                reason: "the worker lease is lost and its reserved timestamps are used up",
-                retry_after: Duration::from_secs(1),
-            }),
-            Err(NextError::Ceiling) => {
-                self.renew_wanted.notify_one();
-                Err(Blocked::Ceiling)
+            Err(e) => Err(self.blocked(e, flags, reading.wall)),
+        }
+    }
+
+    /// The generator's bounds under `grant`, given the node's `flags` and a clock reading:
+    /// the time to issue at and whether (and why) the numbers are degraded, or a refusal
+    /// when the policy for the condition is `reject`.
+    #[inline]
+    fn bounds_at(&self, grant: &Grant, flags: u32, r: Reading) -> Result<Bounds, Blocked> {
+        let mut now = r.now;
+        let mut degraded = None;
+        if flags & LEASE_LOST != 0 {
+            if self.settings.on_lease_loss == Policy::Reject {
+                return Err(not_ready("the worker lease is lost"));
             }
-            Err(NextError::Exhausted) => Err(Blocked::NotReady {
+            degraded = Some(DegradeReason::LeaseLost);
+            now = now.min(self.freeze.load(Ordering::Acquire));
+        } else if let Some(until) = r.backward_until {
+            if self.settings.on_clock_backward == Policy::Reject {
+                return Err(Blocked::NotReady {
+                    reason: "the clock stepped back",
+                    retry_after: self.units_to_duration(until.saturating_sub(r.wall)),
+                });
+            }
+            degraded = Some(DegradeReason::ClockBackward);
+        } else if flags & CLOCK_SKEW != 0 {
+            degraded = Some(DegradeReason::ClockSkew);
+        }
+        Ok(Bounds {
+            now,
+            floor: grant.floor,
+            ceiling: grant.ceiling,
+            degraded,
+            max_wait: self.max_wait_units,
+            on_ahead: self.settings.on_clock_backward,
+        })
+    }
+
+    /// Counts a degraded batch, and keeps a logical clock's episode going until the wall
+    /// clock passes what was issued, not only what was read (`now`).
+    #[inline]
+    fn count_degraded(&self, batch: &Batch, now: u64) {
+        let Some(reason) = batch.degraded else { return };
+        self.degraded[reason_index(reason)].inc_by(batch.count);
+        let last = self.generator.timestamp_of(batch.first + batch.count - 1);
+        if reason.logical_clock() && last > now {
+            self.guard.raise_to(last);
+        }
+    }
+
+    /// Why the generator issued nothing, for the caller; `wall` is the clock as read.
+    fn blocked(&self, e: NextError, flags: u32, wall: u64) -> Blocked {
+        match e {
+            NextError::Wait { until } => {
+                Blocked::Wait(self.units_to_duration(until.saturating_sub(wall)))
+            }
+            NextError::Behind { until } => Blocked::NotReady {
+                reason: "the clock is behind this prefix's last timestamp",
+                retry_after: self.units_to_duration(until.saturating_sub(wall)),
+            },
+            NextError::Ceiling if flags & LEASE_LOST != 0 => {
+                not_ready("the worker lease is lost and its reserved timestamps are used up")
+            }
+            NextError::Ceiling => {
+                self.renew_wanted.notify_one();
+                Blocked::Ceiling
+            }
+            NextError::Exhausted => Blocked::NotReady {
                 reason: "the layout has run out of timestamps",
                 retry_after: Duration::from_secs(3600),
-            }),
+            },
         }
     }
 
