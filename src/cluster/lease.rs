@@ -12,7 +12,7 @@
 //! safety margin without a confirmed renewal the node is fenced (numbers degraded within
 //! the persisted reservation, or rejected), and when etcd answers that the lease is gone it
 //! claims an ID again, above everything the old one reserved. Every period and deadline is
-//! in [`timing`](super::timing).
+//! in [`timing`].
 
 use std::collections::HashSet;
 use std::sync::Arc;

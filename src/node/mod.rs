@@ -4,10 +4,10 @@
 //! all of that into the generator's bounds for one request; it never blocks or sleeps.
 //!
 //! State changes come from background tasks (reservation, lease, skew monitor) through
-//! atomics (the grant behind a sequence lock, [`grant`]), so the request path takes no lock.
+//! atomics (the grant behind a sequence lock, [`grant`]; the health flags, their episodes
+//! and `/ready`, `health`), so the request path takes no lock.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -19,13 +19,11 @@ use crate::id::{Batch, Bounds, DegradeReason, Generator, Layout, NextError, Poli
 use crate::metrics::Metrics;
 
 mod grant;
+mod health;
 pub use grant::Grant;
 use grant::GrantCell;
-
-const STARTING: u32 = 1;
-const LEASE_LOST: u32 = 1 << 1;
-const CLOCK_SKEW: u32 = 1 << 2;
-const STOPPING: u32 = 1 << 3;
+pub use health::Readiness;
+use health::{CLOCK_SKEW, Episode, LEASE_LOST, held_back};
 
 /// Settings the node needs from the config.
 #[derive(Clone, Copy, Debug)]
@@ -60,26 +58,6 @@ pub enum Blocked {
     },
 }
 
-/// What `/ready` reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Readiness {
-    /// `ok`, `degraded` or `not_ready`.
-    pub status: &'static str,
-    pub reasons: Vec<&'static str>,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.status == "ok"
-    }
-}
-
-/// One condition's episode: the degraded count when it started.
-#[derive(Default)]
-struct Episode {
-    started_at_count: Mutex<Option<u64>>,
-}
-
 pub struct Node {
     layout: Layout,
     generator: Generator,
@@ -112,20 +90,6 @@ fn not_ready(reason: &'static str) -> Blocked {
     Blocked::NotReady {
         reason,
         retry_after: Duration::from_secs(1),
-    }
-}
-
-/// Refuses while the node is starting (its clock behind the worker ID's floor) or stopping.
-#[inline]
-fn held_back(flags: u32) -> Result<(), Blocked> {
-    if flags & STOPPING != 0 {
-        Err(not_ready("shutting down"))
-    } else if flags & STARTING != 0 {
-        Err(not_ready(
-            "waiting for the clock to pass this worker ID's reserved timestamp",
-        ))
-    } else {
-        Ok(())
     }
 }
 
@@ -345,13 +309,6 @@ impl Node {
         self.publish_lease_health();
     }
 
-    /// `numgen_lease_healthy`, from the node's own state (its only writer): 1 while a
-    /// worker ID is held and its lease is not lost.
-    fn publish_lease_health(&self) {
-        let healthy = self.grant.get().is_some() && !self.lease_lost();
-        self.metrics.lease_healthy.set(i64::from(healthy));
-    }
-
     /// Records that timestamps up to `ceiling` are persisted for the current grant.
     pub fn extend_ceiling(&self, ceiling: u64) {
         self.grant.extend_ceiling(ceiling);
@@ -366,149 +323,6 @@ impl Node {
     /// Resolves at the next reservation change (or grant change).
     pub async fn reserved(&self) {
         self.reserved.notified().await;
-    }
-
-    fn set_flag(&self, flag: u32, on: bool) -> bool {
-        let before = if on {
-            self.flags.fetch_or(flag, Ordering::AcqRel)
-        } else {
-            self.flags.fetch_and(!flag, Ordering::AcqRel)
-        };
-        (before & flag != 0) != on
-    }
-
-    pub fn set_starting(&self, on: bool) {
-        self.set_flag(STARTING, on);
-    }
-
-    pub fn set_stopping(&self) {
-        self.set_flag(STOPPING, true);
-    }
-
-    /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
-    /// the moment of fencing, so degraded numbers stay within the persisted reservation.
-    pub fn set_lease_lost(&self, lost: bool) {
-        if lost && !self.lease_lost() {
-            // Frozen at the moment of fencing, and never past what is persisted.
-            let ceiling = self.grant().map_or(0, |g| g.ceiling);
-            self.freeze
-                .store(self.now_units().min(ceiling), Ordering::Release);
-        }
-        if self.set_flag(LEASE_LOST, lost) {
-            self.publish_lease_health();
-            if lost {
-                self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
-            } else {
-                self.end_episode(DegradeReason::LeaseLost);
-            }
-        }
-        if !lost {
-            self.freeze.store(u64::MAX, Ordering::Release);
-        }
-    }
-
-    pub fn lease_lost(&self) -> bool {
-        self.flags.load(Ordering::Acquire) & LEASE_LOST != 0
-    }
-
-    /// Marks the node's clock as too far from its peers' (or back within bounds).
-    pub fn set_clock_skew(&self, skewed: bool, offset_ms: f64) {
-        if self.set_flag(CLOCK_SKEW, skewed) {
-            if skewed {
-                self.begin_episode(
-                    DegradeReason::ClockSkew,
-                    &format!("clock is {offset_ms:.0} ms from the peers' median"),
-                );
-            } else {
-                self.end_episode(DegradeReason::ClockSkew);
-            }
-        }
-    }
-
-    fn begin_episode(&self, reason: DegradeReason, detail: &str) {
-        let i = reason_index(reason);
-        let mut started = self.episodes[i]
-            .started_at_count
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if started.is_none() {
-            *started = Some(self.degraded[i].get());
-            let policy = match reason {
-                DegradeReason::ClockBackward => self.settings.on_clock_backward,
-                DegradeReason::LeaseLost => self.settings.on_lease_loss,
-                DegradeReason::ClockSkew => Policy::Degrade,
-            };
-            let effect = match policy {
-                Policy::Degrade => "numbers are degraded",
-                Policy::Reject => "numbers are refused (503)",
-            };
-            tracing::warn!(reason = reason.as_str(), "{detail}: {effect}");
-        }
-    }
-
-    fn end_episode(&self, reason: DegradeReason) {
-        let i = reason_index(reason);
-        let mut started = self.episodes[i]
-            .started_at_count
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = started.take() {
-            let marked = self.degraded[i].get().saturating_sub(at);
-            tracing::warn!(
-                reason = reason.as_str(),
-                degraded_numbers = marked,
-                "{} is over: {marked} numbers were marked degraded",
-                reason.as_str()
-            );
-        }
-    }
-
-    /// What `/ready` says.
-    pub fn readiness(&self) -> Readiness {
-        let reading = self.observe();
-        let flags = self.flags.load(Ordering::Acquire);
-        let mut blocking = Vec::new();
-        let mut degrading = Vec::new();
-        if self.grant.get().is_none() {
-            blocking.push("no_worker_id");
-        }
-        if flags & STARTING != 0 {
-            blocking.push("starting");
-        }
-        if flags & STOPPING != 0 {
-            blocking.push("stopping");
-        }
-        let mut condition = |on: bool, policy: Policy, name: &'static str| {
-            if on {
-                match policy {
-                    Policy::Degrade => degrading.push(name),
-                    Policy::Reject => blocking.push(name),
-                }
-            }
-        };
-        condition(
-            flags & LEASE_LOST != 0,
-            self.settings.on_lease_loss,
-            "lease_lost",
-        );
-        condition(
-            reading.backward_until.is_some(),
-            self.settings.on_clock_backward,
-            "clock_backward",
-        );
-        condition(flags & CLOCK_SKEW != 0, Policy::Degrade, "clock_skew");
-        let status = if !blocking.is_empty() {
-            "not_ready"
-        } else if !degrading.is_empty() {
-            "degraded"
-        } else {
-            "ok"
-        };
-        blocking.extend(degrading);
-        Readiness {
-            status,
-            reasons: blocking,
-        }
     }
 }
 
