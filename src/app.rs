@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::{Clock, ForwardJumps, SystemClock};
-use crate::cluster::etcd::{ClusterSettings, EtcdCluster};
-use crate::cluster::{ClusterView, Standalone};
+use crate::cluster::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
+use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
 use crate::config::{Config, EtcdConfig};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
@@ -26,12 +26,6 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
 use crate::worker::{self, StaticWorker, WorkerClaim, WorkerError, WorkerSource};
-
-/// How far ahead timestamps are reserved standalone (cluster mode: see
-/// `cluster::etcd::reserve_window`).
-pub const STANDALONE_WINDOW_MS: u64 = 2000;
-/// How often a cluster node measures its clock against its peers.
-pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -150,12 +144,9 @@ struct Backend {
 
 fn standalone(config: &Config, node_id: &str, addr: &str) -> Result<Backend, AppError> {
     let dir = DataDir::open(&config.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("numgen.redb"))?);
-    let workers = Arc::new(StaticWorker::new(
-        store.clone(),
-        config.dc_id,
-        config.worker_id,
-    ));
+    let embedded = EmbeddedStore::open(&dir.path().join("numgen.redb"))?;
+    let store: Arc<dyn Store> = Arc::new(embedded.clone());
+    let workers = Arc::new(StaticWorker::new(embedded, config.dc_id, config.worker_id));
     let admin_token = standalone_token(config.admin_token.as_deref(), &dir)?;
     Ok(Backend {
         store,
@@ -208,10 +199,10 @@ async fn clustered(
     Ok(Backend {
         store: Arc::new(store),
         workers: cluster.clone(),
-        view: cluster.clone(),
+        view: cluster.registry().clone(),
         admin_token,
         read_through: true,
-        window_ms: crate::cluster::etcd::reserve_window(config.lease_ttl_s).as_millis() as u64,
+        window_ms: timing::reserve_window(config.lease_ttl_s).as_millis() as u64,
         cluster: Some(cluster),
         _data_dir: None,
     })
@@ -227,7 +218,7 @@ async fn watch_clock(
 ) {
     let start = Instant::now();
     let mut jumps = ForwardJumps::new(max_skew_ms);
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(timing::CLOCK_WATCH_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -240,37 +231,6 @@ async fn watch_clock(
             metrics.clock_forward_jumps.inc();
             tracing::warn!(jump_ms = jump, "clock jumped forward; numbers stay valid");
         }
-    }
-}
-
-/// If the clock is behind the worker ID's floor: wait (not ready) when the gap is within the
-/// reservation window, otherwise let the clock policy decide from the floor on.
-pub fn handle_start_gap(node: &Arc<Node>, window_ms: u64) {
-    let Some(grant) = node.grant() else { return };
-    let layout = *node.layout();
-    let wall = layout.units_at(node.clock().now_ms());
-    if grant.floor <= wall {
-        return;
-    }
-    let gap_ms = (grant.floor - wall) * layout.time_unit_ms();
-    if gap_ms <= window_ms {
-        tracing::info!(
-            gap_ms,
-            "clock is behind this worker ID's reserved timestamp; waiting"
-        );
-        node.set_starting(true);
-        let node = node.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(gap_ms + layout.time_unit_ms())).await;
-            node.set_starting(false);
-            tracing::info!("clock passed the reserved timestamp; ready");
-        });
-    } else {
-        tracing::warn!(
-            gap_ms,
-            "clock is behind this worker ID's reserved timestamp by more than the window"
-        );
-        node.raise_time_to(grant.floor);
     }
 }
 
@@ -341,27 +301,25 @@ pub async fn run(
     match &backend.cluster {
         None => {
             let claim = worker::acquire(&node, backend.workers.as_ref()).await?;
-            metrics.lease_healthy.set(1);
             let _ = claim_tx.send(Some(claim));
-            handle_start_gap(&node, backend.window_ms);
+            worker::handle_start_gap(&node, Duration::from_millis(backend.window_ms));
         }
         Some(cluster) => {
-            tasks.push(tokio::spawn(crate::cluster::etcd::run_lease(
+            tasks.push(tokio::spawn(crate::cluster::lease::run_lease(
                 cluster.clone(),
                 node.clone(),
-                metrics.clone(),
                 claim_tx,
                 stop_rx.clone(),
             )));
-            tasks.push(tokio::spawn(crate::cluster::etcd::watch_prefixes(
+            tasks.push(tokio::spawn(crate::cluster::watch::watch_prefixes(
                 cluster.client(),
-                cluster.root().to_string(),
+                cluster.keys().clone(),
                 service.clone(),
                 crate::store::DEFAULT_TIMEOUT,
                 stop_rx.clone(),
             )));
-            tasks.push(tokio::spawn(crate::cluster::etcd::watch_skew(
-                cluster.clone(),
+            tasks.push(tokio::spawn(crate::cluster::skew_monitor::watch_skew(
+                cluster.registry().clone(),
                 node.clone(),
                 metrics.clone(),
                 config.max_skew_ms,

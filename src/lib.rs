@@ -14,11 +14,13 @@
 //!
 //! The state of a running node, and its edges:
 //! - [`node`]: the worker grant, reservation ceiling, health flags; bounds per request.
-//! - [`worker`]: where worker IDs come from, and keeping timestamps reserved ahead of use.
+//! - [`worker`]: where worker IDs come from, their high-water marks, and keeping timestamps
+//!   reserved ahead of use.
 //! - [`sequence`]: dense counters from blocks reserved in the store, prefetched.
 //! - [`service`]: the prefix registry and the issue/admin operations the HTTP layer calls.
 //! - [`store`]: the `Store` trait; embedded (redb) and etcd backends.
-//! - [`cluster`]: node registry as `/cluster/nodes` shows it.
+//! - [`cluster`]: cluster mode on etcd (worker-ID lease, node registry, config watch, peer
+//!   skew) and the timing of that background work; `/cluster/nodes`.
 //! - [`http`]: accept loop, router, handlers, the HTTP error type.
 //! - [`metrics`]: every exported metric, in one registry.
 //! - [`config`]: file, environment and flags into one checked `Config`.

@@ -1,12 +1,15 @@
 //! Where a node's worker ID comes from, and how its timestamps stay reserved ahead of use.
 //!
 //! A [`WorkerSource`] hands out a worker ID with the highest timestamp it may have used
-//! before (standalone: the configured ID and the embedded store; cluster: an etcd lease,
-//! see `cluster`). [`acquire`] installs it in the [`Node`] with a floor above everything
-//! that ID or the previous grant used, after persisting a reservation window ahead of the
-//! clock; [`keep_reserved`] renews that reservation before the clock reaches it, so a
+//! before, and keeps that high-water mark (standalone: [`StaticWorker`], the configured ID
+//! and its mark in the embedded store; cluster: `cluster::EtcdCluster`, an etcd lease and a
+//! mark written under it). [`acquire`] installs the ID in the [`Node`] with a floor above
+//! everything that ID or the previous grant used, after persisting a reservation window
+//! ahead of the clock; [`handle_start_gap`] holds the node back while its clock is behind
+//! that floor; [`keep_reserved`] renews the reservation before the clock reaches it, so a
 //! restart (even with the clock set back) or another node taking the ID over starts above
-//! every timestamp ever issued with it.
+//! every timestamp ever issued with it. The same worker-source cases run against both
+//! sources in `tests/store_conformance.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +17,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use crate::cluster::timing;
 use crate::node::Node;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::store::embedded::EmbeddedStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkerError {
@@ -40,23 +45,26 @@ pub struct WorkerClaim {
 
 #[async_trait]
 pub trait WorkerSource: Send + Sync + 'static {
-    /// Takes a worker ID.
+    /// Takes a worker ID, with the highest timestamp it may have been used with.
     async fn acquire(&self) -> Result<WorkerClaim, WorkerError>;
-    /// Persists `unix_ms` as the ID's reserved high timestamp, while the claim still holds.
+    /// Raises the ID's persisted high timestamp to `unix_ms`, while the claim still holds.
+    /// Never lowers it: a late call below an earlier one leaves the mark where it was.
     async fn reserve(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError>;
-    /// Persists the final high timestamp and gives the ID up (graceful stop).
+    /// Persists `unix_ms`, the highest timestamp really used (it may be below the
+    /// reservation), and gives the ID up (graceful stop).
     async fn release(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError>;
 }
 
-/// Standalone: a fixed worker ID whose high timestamp lives in the store.
+/// Standalone: a fixed worker ID whose high timestamp lives in the embedded store (its own
+/// table, outside the `Store` trait).
 pub struct StaticWorker {
-    store: Arc<dyn Store>,
+    store: EmbeddedStore,
     dc: u64,
     worker: u64,
 }
 
 impl StaticWorker {
-    pub fn new(store: Arc<dyn Store>, dc: u64, worker: u64) -> StaticWorker {
+    pub fn new(store: EmbeddedStore, dc: u64, worker: u64) -> StaticWorker {
         StaticWorker { store, dc, worker }
     }
 }
@@ -76,15 +84,12 @@ impl WorkerSource for StaticWorker {
     async fn reserve(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
         Ok(self
             .store
-            .store_hwm(claim.dc, claim.worker, unix_ms)
+            .raise_hwm(claim.dc, claim.worker, unix_ms)
             .await?)
     }
 
     async fn release(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
-        Ok(self
-            .store
-            .store_hwm(claim.dc, claim.worker, unix_ms)
-            .await?)
+        Ok(self.store.set_hwm(claim.dc, claim.worker, unix_ms).await?)
     }
 }
 
@@ -109,11 +114,45 @@ pub async fn acquire(node: &Node, source: &dyn WorkerSource) -> Result<WorkerCla
     Ok(claim)
 }
 
-/// How long before the reservation runs out it is renewed: one second, or half the window.
+/// If the clock is behind the worker ID's floor: wait (not ready) when the gap is within the
+/// reservation `window`, otherwise let the clock policy decide from the floor on.
+pub fn handle_start_gap(node: &Arc<Node>, window: Duration) {
+    let Some(grant) = node.grant() else { return };
+    let layout = *node.layout();
+    let wall = layout.units_at(node.clock().now_ms());
+    if grant.floor <= wall {
+        return;
+    }
+    let gap_ms = (grant.floor - wall) * layout.time_unit_ms();
+    if gap_ms <= window.as_millis() as u64 {
+        tracing::info!(
+            gap_ms,
+            "clock is behind this worker ID's reserved timestamp; waiting"
+        );
+        node.set_starting(true);
+        let node = node.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(gap_ms + layout.time_unit_ms())).await;
+            node.set_starting(false);
+            tracing::info!("clock passed the reserved timestamp; ready");
+        });
+    } else {
+        tracing::warn!(
+            gap_ms,
+            "clock is behind this worker ID's reserved timestamp by more than the window"
+        );
+        node.raise_time_to(grant.floor);
+    }
+}
+
+/// The reservation is renewed when less than this is left of it: the window minus
+/// [`timing::RESERVE_RENEW_AFTER`] (or minus half the window).
 fn renew_margin_units(node: &Node) -> u64 {
-    let second = node.layout().units_for_ms(1000);
+    let after = node
+        .layout()
+        .units_for_ms(timing::RESERVE_RENEW_AFTER.as_millis() as u64);
     node.window_units()
-        .saturating_sub(second.min(node.window_units() / 2))
+        .saturating_sub(after.min(node.window_units() / 2))
 }
 
 /// Keeps the current grant's timestamps reserved a window ahead of the node's time, until
@@ -125,8 +164,8 @@ pub async fn keep_reserved(
     claim: watch::Receiver<Option<WorkerClaim>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let unit_ms = node.layout().time_unit_ms();
-    let tick = Duration::from_millis((node.window_units() * unit_ms / 8).clamp(10, 250));
+    let window_ms = node.window_units() * node.layout().time_unit_ms();
+    let tick = timing::reserve_tick(Duration::from_millis(window_ms));
     let mut failures = 0u32;
     loop {
         let mut hit = false;
@@ -175,14 +214,16 @@ pub async fn keep_reserved(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use crate::clock::ManualClock;
     use crate::id::{LastIssued, Layout, LayoutSettings, Policy};
     use crate::metrics::Metrics;
     use crate::node::{Blocked, NodeSettings};
-    use crate::store::embedded::EmbeddedStore;
 
     const T0: u64 = 1_763_700_000_000;
+    const WINDOW: Duration = timing::STANDALONE_WINDOW;
 
     fn node(clock: Arc<ManualClock>) -> Arc<Node> {
         let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
@@ -190,15 +231,49 @@ mod tests {
             max_backward_wait_ms: 5,
             on_clock_backward: Policy::Degrade,
             on_lease_loss: Policy::Degrade,
-            reserve_window_ms: 2000,
+            reserve_window_ms: WINDOW.as_millis() as u64,
         };
         Arc::new(Node::new(layout, clock, settings, Metrics::new().unwrap()))
+    }
+
+    /// A worker ID whose mark lives in memory: for the timing of [`keep_reserved`] under a
+    /// paused tokio clock (the real sources run in `tests/store_conformance.rs`).
+    #[derive(Default)]
+    struct MemoryWorker {
+        mark: Mutex<Option<u64>>,
+    }
+
+    impl MemoryWorker {
+        fn mark(&self) -> Option<u64> {
+            *self.mark.lock().unwrap()
+        }
+    }
+
+    #[async_trait]
+    impl WorkerSource for MemoryWorker {
+        async fn acquire(&self) -> Result<WorkerClaim, WorkerError> {
+            Ok(WorkerClaim {
+                dc: 0,
+                worker: 0,
+                hwm_ms: self.mark(),
+                lease: 0,
+            })
+        }
+        async fn reserve(&self, _: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
+            let mut mark = self.mark.lock().unwrap();
+            *mark = Some(mark.map_or(unix_ms, |m| m.max(unix_ms)));
+            Ok(())
+        }
+        async fn release(&self, _: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
+            *self.mark.lock().unwrap() = Some(unix_ms);
+            Ok(())
+        }
     }
 
     #[tokio::test]
     async fn acquire_persists_a_window_and_restarts_start_above_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("db")).unwrap());
+        let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let source = StaticWorker::new(store.clone(), 1, 5);
 
@@ -227,31 +302,30 @@ mod tests {
         assert!(id > last_id);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_reservation_is_renewed_ahead_of_the_clock_and_on_demand() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.path().join("db")).unwrap());
         let clock = Arc::new(ManualClock::new(T0));
-        let source: Arc<dyn WorkerSource> = Arc::new(StaticWorker::new(store.clone(), 0, 0));
+        let memory = Arc::new(MemoryWorker::default());
+        let source: Arc<dyn WorkerSource> = memory.clone();
         let n = node(clock.clone());
         let claim = acquire(&n, source.as_ref()).await.unwrap();
         let (_claim_tx, claim_rx) = watch::channel(Some(claim));
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = tokio::spawn(keep_reserved(n.clone(), source, claim_rx, stop_rx));
 
+        // Nothing is renewed while the reservation is fresh.
+        tokio::time::sleep(timing::reserve_tick(WINDOW) * 4).await;
+        assert_eq!(memory.mark(), Some(T0 + 2000));
+
+        // Once the clock has used a second of it, the next tick renews it.
         clock.advance(1500);
+        tokio::time::sleep(timing::reserve_tick(WINDOW) * 2).await;
         let want = n.layout().units_at(T0 + 1500 + 2000);
-        for _ in 0..200 {
-            if n.grant().unwrap().ceiling >= want {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
         assert!(n.grant().unwrap().ceiling >= want);
-        assert!(store.load_hwm(0, 0).await.unwrap().unwrap() >= T0 + 3500);
+        assert!(memory.mark().unwrap() >= T0 + 3500);
 
         // A logical clock (the wall clock stepped back) runs into the ceiling: it is
-        // extended on demand.
+        // extended on demand, without waiting for a tick.
         clock.step_back(10_000);
         let p = LastIssued::new();
         let mut issued = 0u64;
@@ -261,7 +335,7 @@ mod tests {
                 Ok(i) => issued += i.batch.count,
                 Err(Blocked::Ceiling) => {
                     ceilings += 1;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err(Blocked::Wait(_)) => clock.advance(1),
                 Err(e) => panic!("{e:?}"),
@@ -270,5 +344,55 @@ mod tests {
         assert!(issued >= 3000 * 4096, "{issued} after {ceilings} ceilings");
         stop_tx.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    /// A node whose worker ID's floor is `ahead_ms` ahead of its clock.
+    fn floor_ahead(ahead_ms: u64) -> (Arc<ManualClock>, Arc<Node>) {
+        let clock = Arc::new(ManualClock::new(T0));
+        let n = node(clock.clone());
+        let floor = n.layout().units_at(T0 + ahead_ms);
+        n.install_grant(0, 0, floor, floor + 2000);
+        (clock, n)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_gap_within_the_window_waits_until_the_clock_passes_it() {
+        let (clock, n) = floor_ahead(1500);
+        handle_start_gap(&n, WINDOW);
+        assert_eq!(n.readiness().reasons, vec!["starting"]);
+        assert!(matches!(
+            n.try_issue(&LastIssued::new(), 1),
+            Err(Blocked::NotReady { .. })
+        ));
+        // Ready once the gap (and one unit) has passed, not before.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(n.readiness().reasons, vec!["starting"]);
+        clock.advance(1501);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(n.readiness().is_ready(), "{:?}", n.readiness());
+        let i = n.try_issue(&LastIssued::new(), 1).unwrap();
+        assert_eq!(i.batch.degraded, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_gap_beyond_the_window_starts_from_the_floor_under_the_clock_policy() {
+        let (_clock, n) = floor_ahead(60_000);
+        handle_start_gap(&n, WINDOW);
+        // Not held back: the node's time is raised to the floor, a backward episode.
+        assert_eq!(n.readiness().reasons, vec!["clock_backward"]);
+        let floor = n.grant().unwrap().floor;
+        assert!(n.now_units() >= floor);
+        let i = n.try_issue(&LastIssued::new(), 1).unwrap();
+        assert!(n.generator().timestamp_of(i.batch.first) > floor);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_gap_or_no_grant_changes_nothing() {
+        let (_clock, n) = floor_ahead(0);
+        handle_start_gap(&n, WINDOW);
+        assert!(n.readiness().is_ready());
+        let bare = node(Arc::new(ManualClock::new(T0)));
+        handle_start_gap(&bare, WINDOW);
+        assert_eq!(bare.readiness().reasons, vec!["no_worker_id"]);
     }
 }

@@ -1,21 +1,35 @@
-//! One conformance suite for every [`Store`] backend. The cases in [`suite`] take a fresh,
-//! empty store and know nothing of the backend; the `conformance!` macro runs each of them
-//! against the embedded store (redb in a temp dir) and against the etcd store on a real etcd
-//! process (one per test, so tests stay independent and run in parallel). A few etcd-only
-//! tests follow: the key layout of SPEC section 5, corrupt values, authentication, and
-//! what a frozen, dead or restarted etcd does to calls.
+//! One conformance suite for every [`Store`] backend, and one for every worker-ID source.
+//!
+//! The cases in [`suite`] take a fresh, empty store and know nothing of the backend; the
+//! `conformance!` macro runs each of them against the embedded store (redb in a temp dir)
+//! and against the etcd store on a real etcd process (one per test, so tests stay
+//! independent and run in parallel).
+//!
+//! The cases in [`worker_suite`] do the same for the worker-ID sources, which keep each
+//! worker ID's high timestamp: `StaticWorker` on redb (standalone) and `EtcdCluster` on a
+//! real etcd (the lease-guarded code cluster mode runs). A claim is taken, its mark raised
+//! and never lowered by a late reservation, lowered only by a release, and the next owner
+//! (a restarted node) starts above everything the last one could have issued.
+//!
+//! A few etcd-only tests follow: the key layout of SPEC section 5, corrupt values,
+//! authentication, what a frozen, dead or restarted etcd does to calls, and what a lost
+//! lease or an unreadable mark does to a claim.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use etcd_client::{Client, GetOptions};
+use numgen::clock::SystemClock;
+use numgen::cluster::{ClusterSettings, EtcdCluster};
 use numgen::config::EtcdConfig;
 use numgen::prefix::{Mode, PrefixConfig, Reset, UtcOffset};
 use numgen::store::embedded::EmbeddedStore;
 use numgen::store::etcd::EtcdStore;
 use numgen::store::{Store, StoreError};
+use numgen::worker::{StaticWorker, WorkerClaim, WorkerError, WorkerSource};
 
 use common::etcd::Etcd;
 
@@ -251,12 +265,11 @@ mod suite {
         for (key, cfg) in &want {
             assert_eq!(s.create_prefix(key, cfg).await.unwrap(), Written::Created);
         }
-        // Counters and high timestamps are not prefixes.
+        // Counters, their reset bindings and the layout are not prefixes.
         s.reserve_seq("b", 1, 0).await.unwrap();
         s.reserve_seq(&counter_name("b", Some("2025")), 1, 0)
             .await
             .unwrap();
-        s.store_hwm(0, 0, 1).await.unwrap();
         s.check_layout("layout").await.unwrap();
 
         let mut got = s.list_prefixes().await.unwrap();
@@ -370,22 +383,6 @@ mod suite {
         assert_eq!(s.reserve_seq("REL", 1, 0).await.unwrap(), block(141, 141));
     }
 
-    pub async fn high_timestamps(s: Arc<dyn Store>) {
-        assert_eq!(s.load_hwm(0, 0).await.unwrap(), None);
-        s.store_hwm(0, 0, 1_763_700_000_000).await.unwrap();
-        s.store_hwm(1, 0, 2).await.unwrap();
-        s.store_hwm(0, 1, 3).await.unwrap();
-        s.store_hwm(7, 63, u64::MAX).await.unwrap();
-        assert_eq!(s.load_hwm(0, 0).await.unwrap(), Some(1_763_700_000_000));
-        assert_eq!(s.load_hwm(1, 0).await.unwrap(), Some(2));
-        assert_eq!(s.load_hwm(0, 1).await.unwrap(), Some(3));
-        assert_eq!(s.load_hwm(7, 63).await.unwrap(), Some(u64::MAX));
-        assert_eq!(s.load_hwm(1, 1).await.unwrap(), None);
-        // A plain overwrite.
-        s.store_hwm(0, 0, 1_763_700_005_000).await.unwrap();
-        assert_eq!(s.load_hwm(0, 0).await.unwrap(), Some(1_763_700_005_000));
-    }
-
     pub async fn layout(s: Arc<dyn Store>) {
         let ours = "epoch=1704067200000;unit=1;ts=41;dc=3;worker=6;seq=12";
         let other = "epoch=1704067200000;unit=1;ts=40;dc=3;worker=7;seq=12";
@@ -475,9 +472,234 @@ conformance!(
     reserve_from_initial,
     overflow,
     release,
-    high_timestamps,
     layout,
     concurrent_reservations,
+);
+
+/// A backend for the worker-source cases: the source of each new (or restarted) node, all
+/// on the same durable state.
+#[async_trait]
+trait Workers: Send + Sync {
+    /// The worker-ID source of a node starting now.
+    async fn source(&self) -> Arc<dyn WorkerSource>;
+    /// The node holding `claim` dies without a word and its claim lapses (etcd: its lease
+    /// expires; standalone: the process is gone, the ID is the configured one anyway).
+    async fn lapse(&self, claim: &WorkerClaim);
+}
+
+/// Standalone: worker 0 of datacenter 0, its mark in redb.
+struct RedbWorkers {
+    store: EmbeddedStore,
+    _dir: tempfile::TempDir,
+}
+
+impl RedbWorkers {
+    fn new() -> RedbWorkers {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("numgen.redb")).unwrap();
+        RedbWorkers { store, _dir: dir }
+    }
+}
+
+#[async_trait]
+impl Workers for RedbWorkers {
+    async fn source(&self) -> Arc<dyn WorkerSource> {
+        Arc::new(StaticWorker::new(self.store.clone(), 0, 0))
+    }
+    async fn lapse(&self, _: &WorkerClaim) {}
+}
+
+/// Cluster mode: leases and marks in a real etcd (datacenter 0, workers 0 to 3).
+struct EtcdWorkers {
+    client: Client,
+    _etcd: Etcd,
+}
+
+impl EtcdWorkers {
+    async fn start() -> Option<EtcdWorkers> {
+        let etcd = start_etcd().await?;
+        let client = Client::connect([etcd.endpoint()], None).await.unwrap();
+        Some(EtcdWorkers {
+            client,
+            _etcd: etcd,
+        })
+    }
+}
+
+/// An etcd worker-ID source under `root` (datacenter 0, workers 0 to 3).
+fn etcd_source(client: &Client, root: &str) -> EtcdCluster {
+    let settings = ClusterSettings {
+        root: root.to_string(),
+        dc: 0,
+        max_worker: 3,
+        node_id: format!("node-{}", rand_suffix()),
+        addr: "127.0.0.1:9".to_string(),
+        lease_ttl_s: 10,
+        timeout: Duration::from_secs(5),
+    };
+    EtcdCluster::new(client.clone(), settings, Arc::new(SystemClock))
+}
+
+fn rand_suffix() -> String {
+    common::server::random_token()[..8].to_string()
+}
+
+#[async_trait]
+impl Workers for EtcdWorkers {
+    async fn source(&self) -> Arc<dyn WorkerSource> {
+        Arc::new(etcd_source(&self.client, ROOT))
+    }
+    async fn lapse(&self, claim: &WorkerClaim) {
+        self.client.clone().lease_revoke(claim.lease).await.unwrap();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// The behaviour every worker-ID source must have.
+mod worker_suite {
+    use std::sync::Arc;
+
+    use numgen::clock::ManualClock;
+    use numgen::id::{Layout, LayoutSettings, Policy};
+    use numgen::metrics::Metrics;
+    use numgen::node::{Node, NodeSettings};
+    use numgen::worker;
+
+    use super::{Workers, now_ms};
+
+    pub async fn reservations_only_raise_the_mark(w: &dyn Workers) {
+        let a = w.source().await;
+        let claim = a.acquire().await.unwrap();
+        assert_eq!(claim.hwm_ms, None, "a fresh worker ID has no mark");
+        let t2 = now_ms() + 60_000;
+        let t1 = t2 - 10_000;
+        a.reserve(&claim, t2).await.unwrap();
+        // A renewal to T1 that timed out on the node's side and commits only now, after
+        // the renewal to T2: the node may already have issued numbers up to T2.
+        a.reserve(&claim, t1).await.unwrap();
+        a.reserve(&claim, t2 + 1).await.unwrap();
+        w.lapse(&claim).await;
+        let next = w.source().await.acquire().await.unwrap();
+        assert_eq!(
+            (next.worker, next.hwm_ms),
+            (claim.worker, Some(t2 + 1)),
+            "the next owner must start above the highest reservation"
+        );
+    }
+
+    /// Renewals racing each other (a slow one overtaken by later ones): the mark ends at
+    /// the highest, whatever order they land in.
+    pub async fn racing_reservations_leave_the_highest(w: &dyn Workers) {
+        let a = w.source().await;
+        let claim = a.acquire().await.unwrap();
+        let base = now_ms() + 60_000;
+        // 24 distinct targets in a scrambled order.
+        let targets: Vec<u64> = (0..24u64).map(|i| base + (i * 7) % 24 * 100).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in targets.iter().copied() {
+            let (a, claim) = (a.clone(), claim.clone());
+            tasks.spawn(async move { a.reserve(&claim, t).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap().unwrap();
+        }
+        w.lapse(&claim).await;
+        let next = w.source().await.acquire().await.unwrap();
+        assert_eq!(next.hwm_ms, targets.iter().max().copied());
+    }
+
+    pub async fn a_release_lowers_the_mark_to_what_was_used(w: &dyn Workers) {
+        let a = w.source().await;
+        let claim = a.acquire().await.unwrap();
+        let reserved = now_ms() + 60_000;
+        a.reserve(&claim, reserved).await.unwrap();
+        // At a graceful stop the node persists the highest timestamp it really used,
+        // below its reservation, and gives the ID up: the next owner need not wait.
+        let used = now_ms();
+        a.release(&claim, used).await.unwrap();
+        let next = w.source().await.acquire().await.unwrap();
+        assert_eq!((next.worker, next.hwm_ms), (claim.worker, Some(used)));
+    }
+
+    fn node(clock: Arc<ManualClock>, window_ms: u64) -> Node {
+        let layout = Layout::new(LayoutSettings::default(), now_ms()).unwrap();
+        let settings = NodeSettings {
+            max_backward_wait_ms: 5,
+            on_clock_backward: Policy::Degrade,
+            on_lease_loss: Policy::Degrade,
+            reserve_window_ms: window_ms,
+        };
+        Node::new(layout, clock, settings, Metrics::new().unwrap())
+    }
+
+    /// What a node runs at start (`worker::acquire`), through a crash and a restart with
+    /// the clock set back an hour: the restarted node's floor is above every timestamp the
+    /// first could have issued (its whole reservation).
+    pub async fn a_restarted_node_starts_above_everything_reserved(w: &dyn Workers) {
+        let start = now_ms();
+        let clock = Arc::new(ManualClock::new(start));
+        let first = node(clock.clone(), 2000);
+        let claim = worker::acquire(&first, w.source().await.as_ref())
+            .await
+            .unwrap();
+        let reserved = first.grant().unwrap().ceiling;
+        assert!(first.layout().unix_ms_at(reserved) >= start + 2000);
+        w.lapse(&claim).await;
+
+        clock.set(start - 3_600_000);
+        let second = node(clock.clone(), 2000);
+        let again = worker::acquire(&second, w.source().await.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(again.worker, claim.worker);
+        let grant = second.grant().unwrap();
+        assert!(
+            grant.floor >= reserved,
+            "restarted at floor {}, below the reservation {reserved}",
+            grant.floor
+        );
+        assert!(grant.ceiling > grant.floor);
+    }
+}
+
+/// Runs each named case of [`worker_suite`] against both worker-ID sources.
+macro_rules! worker_conformance {
+    ($($case:ident),* $(,)?) => {
+        mod static_worker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let workers = super::RedbWorkers::new();
+                    super::worker_suite::$case(&workers).await;
+                }
+            )*
+        }
+
+        mod etcd_worker {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(workers) = super::EtcdWorkers::start().await else {
+                        return;
+                    };
+                    super::worker_suite::$case(&workers).await;
+                }
+            )*
+        }
+    };
+}
+
+worker_conformance!(
+    reservations_only_raise_the_mark,
+    racing_reservations_leave_the_highest,
+    a_release_lowers_the_mark_to_what_was_used,
+    a_restarted_node_starts_above_everything_reserved,
 );
 
 /// Every key the etcd store writes, with its value, under `prefix`.
@@ -524,22 +746,34 @@ async fn etcd_keys_follow_the_spec_layout() {
     let store = EtcdStore::connect(&etcd_config(etcd.endpoint(), "/t/numgen"))
         .await
         .unwrap();
-    assert_eq!(store.root(), "/t/numgen");
-    assert_eq!(store.key("layout"), "/t/numgen/layout");
+    assert_eq!(store.keys().root(), "/t/numgen");
+    assert_eq!(store.keys().layout(), "/t/numgen/layout");
 
     let cfg = config("ORDER-{SEQ:6}", Mode::Sequence);
     assert!(store.create_prefix("ORDER", &cfg).await.unwrap().wrote());
     store.reserve_seq("ORDER", 10, 0).await.unwrap();
     store.reserve_seq("ORDER/2025", 5, 0).await.unwrap();
-    store.store_hwm(1, 7, 1_763_700_000_000).await.unwrap();
     store.check_layout("L1").await.unwrap();
+    // The worker-ID source under the same root: its claim and mark sit beside the store's.
+    let workers = etcd_source(&store.client(), "/t/numgen/");
+    let claim = workers.acquire().await.unwrap();
+    workers.reserve(&claim, 1_763_700_000_000).await.unwrap();
 
     let mut client = store.client();
     let json = serde_json::to_string(&cfg).unwrap();
+    let mut keys = dump(&mut client, "/t/").await;
+    // The worker key holds this node's registry entry.
+    let (worker_key, entry) = keys.pop().unwrap();
+    assert_eq!(worker_key, "/t/numgen/workers/0/0");
+    let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
     assert_eq!(
-        dump(&mut client, "/t/").await,
+        (&entry["worker_id"], &entry["addr"]),
+        (&0.into(), &"127.0.0.1:9".into())
+    );
+    assert_eq!(
+        keys,
         vec![
-            ("/t/numgen/hwm/1/7".into(), "1763700000000".into()),
+            ("/t/numgen/hwm/0/0".into(), "1763700000000".into()),
             ("/t/numgen/layout".into(), "L1".into()),
             ("/t/numgen/prefixes/ORDER".into(), json),
             ("/t/numgen/seq-reset/ORDER".into(), "never".into()),
@@ -575,29 +809,19 @@ async fn etcd_corrupt_values_are_reported() {
         .await
         .unwrap();
     let mut client = store.client();
-    client
-        .put(store.key("seq/BAD"), "twelve", None)
-        .await
-        .unwrap();
-    client.put(store.key("hwm/0/0"), "-1", None).await.unwrap();
-    client
-        .put(store.key("prefixes/BAD"), "{", None)
-        .await
-        .unwrap();
+    let keys = store.keys();
+    client.put(keys.seq("BAD"), "twelve", None).await.unwrap();
+    client.put(keys.prefix("BAD"), "{", None).await.unwrap();
 
     let corrupt = |r: Result<_, StoreError>| matches!(r, Err(StoreError::Corrupt { .. }));
     assert!(corrupt(store.get_seq("BAD").await.map(|_| ())));
     assert!(corrupt(store.reserve_seq("BAD", 1, 0).await.map(|_| ())));
-    assert!(corrupt(store.load_hwm(0, 0).await.map(|_| ())));
     assert!(corrupt(store.get_prefix("BAD").await.map(|_| ())));
     assert!(corrupt(store.list_prefixes().await.map(|_| ())));
     let cfg = config("BAD-{SEQ:6}", Mode::Sequence);
     assert!(corrupt(store.replace_prefix("BAD", &cfg).await.map(|_| ())));
     // Nothing was overwritten on the way.
-    assert_eq!(
-        dump(&mut client, &store.key("seq/BAD")).await[0].1,
-        "twelve"
-    );
+    assert_eq!(dump(&mut client, &keys.seq("BAD")).await[0].1, "twelve");
 }
 
 #[tokio::test]
@@ -708,4 +932,105 @@ async fn etcd_restart_keeps_data_and_the_store_reconnects() {
 
     let after = eventually(Duration::from_secs(5), || store.reserve_seq("R", 10, 0)).await;
     assert_eq!(after.start, before.end + 1);
+}
+
+/// The value at `key`, as text.
+async fn value_at(client: &mut Client, key: &str) -> Option<String> {
+    let resp = client.get(key, None).await.unwrap();
+    resp.kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn etcd_a_lapsed_claim_moves_the_mark_no_more() {
+    let Some(w) = EtcdWorkers::start().await else {
+        return;
+    };
+    let node = etcd_source(&w.client, ROOT);
+    let claim = node.acquire().await.unwrap();
+    let mark = now_ms() + 60_000;
+    node.reserve(&claim, mark).await.unwrap();
+    // The node dies; once its lease is gone it can reserve nothing, high or low, and a
+    // release writes nothing either.
+    w.lapse(&claim).await;
+    for ms in [mark - 10_000, mark + 10_000] {
+        assert_eq!(
+            node.reserve(&claim, ms).await,
+            Err(WorkerError::NotHeld(0)),
+            "reserve {ms} after the lease"
+        );
+    }
+    assert_eq!(
+        node.release(&claim, mark - 10_000).await,
+        Err(WorkerError::NotHeld(0))
+    );
+    let mut kv = w.client.clone();
+    let keys = numgen::store::etcd::Keys::new(ROOT);
+    assert_eq!(
+        value_at(&mut kv, &keys.hwm(0, 0)).await,
+        Some(mark.to_string())
+    );
+}
+
+#[tokio::test]
+async fn etcd_a_release_frees_the_worker_key_at_once() {
+    let Some(w) = EtcdWorkers::start().await else {
+        return;
+    };
+    let node = etcd_source(&w.client, ROOT);
+    let claim = node.acquire().await.unwrap();
+    let other = etcd_source(&w.client, ROOT).acquire().await.unwrap();
+    assert_eq!((claim.worker, other.worker), (0, 1), "the lowest free IDs");
+    node.release(&claim, now_ms()).await.unwrap();
+    let mut kv = w.client.clone();
+    let keys = numgen::store::etcd::Keys::new(ROOT);
+    assert_eq!(
+        value_at(&mut kv, &keys.worker(0, 0)).await,
+        None,
+        "the worker key outlived the release"
+    );
+    assert!(value_at(&mut kv, &keys.worker(0, 1)).await.is_some());
+    let next = etcd_source(&w.client, ROOT).acquire().await.unwrap();
+    assert_eq!(next.worker, 0);
+}
+
+#[tokio::test]
+async fn etcd_an_unreadable_high_timestamp_refuses_the_claim() {
+    let Some(w) = EtcdWorkers::start().await else {
+        return;
+    };
+    let keys = numgen::store::etcd::Keys::new(ROOT);
+    let hwm_key = keys.hwm(0, 0);
+    let mut kv = w.client.clone();
+    kv.put(hwm_key.as_str(), "garbage", None).await.unwrap();
+    let node = etcd_source(&w.client, ROOT);
+    // Worker 0's floor is unknown: the node must not issue with it (nor quietly take
+    // another ID and leave the damage unnoticed); it says what is wrong and where.
+    match node.acquire().await {
+        Err(WorkerError::Store(StoreError::Corrupt { key, detail })) => {
+            assert_eq!(key, hwm_key);
+            assert!(detail.contains("garbage"), "{detail}");
+        }
+        other => panic!("acquire with a corrupt mark: {other:?}"),
+    }
+    // The lease granted for the attempt is revoked, so the worker key is free again.
+    assert_eq!(
+        value_at(&mut kv, &keys.worker(0, 0)).await,
+        None,
+        "the refused claim left its worker key behind"
+    );
+    let leases = kv.leases().await.unwrap();
+    assert!(
+        leases.leases().is_empty(),
+        "leases left after the refused claim: {:?}",
+        leases.leases().iter().map(|l| l.id()).collect::<Vec<_>>()
+    );
+    // Once the value is repaired the ID is claimed, above it.
+    let mark = now_ms() + 5_000;
+    kv.put(hwm_key.as_str(), mark.to_string(), None)
+        .await
+        .unwrap();
+    let claim = node.acquire().await.unwrap();
+    assert_eq!((claim.worker, claim.hwm_ms), (0, Some(mark)));
 }

@@ -1,11 +1,26 @@
-//! Cluster membership as `/cluster/nodes` shows it. Standalone, the node lists itself; in
-//! cluster mode ([`etcd`]) the registry of live nodes lives in etcd, next to the worker-ID
-//! leases.
+//! Cluster mode on etcd, and membership as `/cluster/nodes` shows it. Standalone, the node
+//! lists itself ([`Standalone`]); in cluster mode:
+//!
+//! - [`lease`]: the worker-ID lease and claim, the ID's high timestamp, the keep-alive and
+//!   the fence ([`EtcdCluster`], [`lease::run_lease`]);
+//! - [`registry`]: the node registry, each node's entry at the worker key it holds;
+//! - [`watch`]: prefix configs shared by watch, into a [`watch::ConfigSink`];
+//! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check);
+//! - [`timing`]: every period, deadline and retry wait of this background work.
+//!
+//! Every etcd key comes from `store::etcd::Keys`.
 
-pub mod etcd;
+pub mod lease;
+pub mod registry;
 pub mod skew;
+pub mod skew_monitor;
+pub mod timing;
+pub mod watch;
+
+pub use lease::{ClusterSettings, EtcdCluster};
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -49,5 +64,16 @@ impl ClusterView for Standalone {
             heartbeat_ms: self.clock.now_ms(),
             clock_offset_ms: 0.0,
         }])
+    }
+}
+
+/// Sleeps `wait`; `true` when `stop` changed (or its sender is gone) meanwhile.
+pub(crate) async fn sleep_or_stop(
+    wait: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(wait) => false,
+        _ = stop.changed() => true,
     }
 }

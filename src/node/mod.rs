@@ -4,28 +4,26 @@
 //! all of that into the generator's bounds for one request; it never blocks or sleeps.
 //!
 //! State changes come from background tasks (reservation, lease, skew monitor) through
-//! atomics (the grant behind a sequence lock, [`grant`]), so the request path takes no lock.
+//! atomics (the grant behind a sequence lock, [`grant`]; the health flags, their episodes
+//! and `/ready`, `health`), so the request path takes no lock.
 
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::sync::Notify;
 
-use crate::clock::{Clock, ClockGuard, GuardChange};
+use crate::clock::{Clock, ClockGuard, GuardChange, Reading};
 use crate::id::{Batch, Bounds, DegradeReason, Generator, LastIssued, Layout, NextError, Policy};
 use crate::metrics::Metrics;
 
 mod grant;
+mod health;
 pub use grant::Grant;
 use grant::GrantCell;
-
-const STARTING: u32 = 1;
-const LEASE_LOST: u32 = 1 << 1;
-const CLOCK_SKEW: u32 = 1 << 2;
-const STOPPING: u32 = 1 << 3;
+pub use health::Readiness;
+use health::{CLOCK_SKEW, Episode, LEASE_LOST, held_back};
 
 /// Settings the node needs from the config.
 #[derive(Clone, Copy, Debug)]
@@ -60,26 +58,6 @@ pub enum Blocked {
     },
 }
 
-/// What `/ready` reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Readiness {
-    /// `ok`, `degraded` or `not_ready`.
-    pub status: &'static str,
-    pub reasons: Vec<&'static str>,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.status == "ok"
-    }
-}
-
-/// One condition's episode: the degraded count when it started.
-#[derive(Default)]
-struct Episode {
-    started_at_count: Mutex<Option<u64>>,
-}
-
 pub struct Node {
     layout: Layout,
     generator: Generator,
@@ -104,6 +82,14 @@ fn reason_index(r: DegradeReason) -> usize {
         DegradeReason::ClockBackward => 0,
         DegradeReason::ClockSkew => 1,
         DegradeReason::LeaseLost => 2,
+    }
+}
+
+/// 503 `NOT_READY` for `reason`, to be retried after a second.
+fn not_ready(reason: &'static str) -> Blocked {
+    Blocked::NotReady {
+        reason,
+        retry_after: Duration::from_secs(1),
     }
 }
 
@@ -157,7 +143,7 @@ impl Node {
     }
 
     /// Reads the clock into the guard and handles an episode starting or ending.
-    pub fn observe(&self) -> crate::clock::Reading {
+    pub fn observe(&self) -> Reading {
         let (reading, change) = self
             .guard
             .observe_with(|| self.layout.units_at(self.clock.now_ms()));
@@ -193,10 +179,7 @@ impl Node {
     #[inline]
     pub fn try_issue(&self, prefix: &LastIssued, want: u64) -> Result<Issued, Blocked> {
         let Some(grant) = self.grant.get() else {
-            return Err(Blocked::NotReady {
-                reason: "no worker ID is held",
-                retry_after: Duration::from_secs(1),
-            });
+            return Err(not_ready("no worker ID is held"));
         };
         let mut reading = None;
         let mut flags = 0;
@@ -204,68 +187,21 @@ impl Node {
         // `Registry::seal_all` at shutdown retries into STOPPING and refuses.
         let bounds = || {
             flags = self.flags.load(Ordering::Acquire);
-            if flags & (STARTING | STOPPING) != 0 {
-                let reason = if flags & STOPPING != 0 {
-                    "shutting down"
-                } else {
-                    "waiting for the clock to pass this worker ID's reserved timestamp"
-                };
-                return Err(Blocked::NotReady {
-                    reason,
-                    retry_after: Duration::from_secs(1),
-                });
-            }
+            held_back(flags)?;
             let r = self.observe();
             reading = Some(r);
-            let mut now = r.now;
-            let mut degraded = None;
-            if flags & LEASE_LOST != 0 {
-                if self.settings.on_lease_loss == Policy::Reject {
-                    return Err(Blocked::NotReady {
-                        reason: "the worker lease is lost",
-                        retry_after: Duration::from_secs(1),
-                    });
-                }
-                degraded = Some(DegradeReason::LeaseLost);
-                now = now.min(self.freeze.load(Ordering::Acquire));
-            } else if let Some(until) = r.backward_until {
-                if self.settings.on_clock_backward == Policy::Reject {
-                    return Err(Blocked::NotReady {
-                        reason: "the clock stepped back",
-                        retry_after: self.units_to_duration(until.saturating_sub(r.wall)),
-                    });
-                }
-                degraded = Some(DegradeReason::ClockBackward);
-            } else if flags & CLOCK_SKEW != 0 {
-                degraded = Some(DegradeReason::ClockSkew);
-            }
-            Ok(Bounds {
-                now,
-                floor: grant.floor,
-                ceiling: grant.ceiling,
-                degraded,
-                max_wait: self.max_wait_units,
-                on_ahead: self.settings.on_clock_backward,
-            })
+            self.bounds_at(&grant, flags, r)
         };
         let result = self.generator.next_with(prefix, want, bounds)?;
         // The closure ran at least once before any outcome.
-        let reading = reading.unwrap_or(crate::clock::Reading {
+        let reading = reading.unwrap_or(Reading {
             now: 0,
             wall: 0,
             backward_until: None,
         });
         match result {
             Ok(batch) => {
-                if let Some(reason) = batch.degraded {
-                    self.degraded[reason_index(reason)].inc_by(batch.count);
-                    // A logical clock ahead of the wall clock: the episode lasts until the
-                    // wall clock passes what was issued, not only what was read.
-                    let last = self.generator.timestamp_of(batch.first + batch.count - 1);
-                    if reason.logical_clock() && last > reading.now {
-                        self.guard.raise_to(last);
-                    }
-                }
+                self.count_degraded(&batch, reading.now);
                 Ok(Issued {
                     batch,
                     dc: grant.dc,
@@ -273,25 +209,77 @@ impl Node {
                     node_bits: grant.node_bits,
                 })
             }
-            Err(NextError::Wait { until }) => Err(Blocked::Wait(
-                self.units_to_duration(until.saturating_sub(reading.wall)),
-            )),
-            Err(NextError::Behind { until }) => Err(Blocked::NotReady {
-                reason: "the clock is behind this prefix's last timestamp",
-                retry_after: self.units_to_duration(until.saturating_sub(reading.wall)),
-            }),
-            Err(NextError::Ceiling) if flags & LEASE_LOST != 0 => Err(Blocked::NotReady {
-                reason: "the worker lease is lost and its reserved timestamps are used up",
-                retry_after: Duration::from_secs(1),
-            }),
-            Err(NextError::Ceiling) => {
-                self.renew_wanted.notify_one();
-                Err(Blocked::Ceiling)
+            Err(e) => Err(self.blocked(e, flags, reading.wall)),
+        }
+    }
+
+    /// The generator's bounds under `grant`, given the node's `flags` and a clock reading:
+    /// the time to issue at and whether (and why) the numbers are degraded, or a refusal
+    /// when the policy for the condition is `reject`.
+    #[inline]
+    fn bounds_at(&self, grant: &Grant, flags: u32, r: Reading) -> Result<Bounds, Blocked> {
+        let mut now = r.now;
+        let mut degraded = None;
+        if flags & LEASE_LOST != 0 {
+            if self.settings.on_lease_loss == Policy::Reject {
+                return Err(not_ready("the worker lease is lost"));
             }
-            Err(NextError::Exhausted) => Err(Blocked::NotReady {
+            degraded = Some(DegradeReason::LeaseLost);
+            now = now.min(self.freeze.load(Ordering::Acquire));
+        } else if let Some(until) = r.backward_until {
+            if self.settings.on_clock_backward == Policy::Reject {
+                return Err(Blocked::NotReady {
+                    reason: "the clock stepped back",
+                    retry_after: self.units_to_duration(until.saturating_sub(r.wall)),
+                });
+            }
+            degraded = Some(DegradeReason::ClockBackward);
+        } else if flags & CLOCK_SKEW != 0 {
+            degraded = Some(DegradeReason::ClockSkew);
+        }
+        Ok(Bounds {
+            now,
+            floor: grant.floor,
+            ceiling: grant.ceiling,
+            degraded,
+            max_wait: self.max_wait_units,
+            on_ahead: self.settings.on_clock_backward,
+        })
+    }
+
+    /// Counts a degraded batch, and keeps a logical clock's episode going until the wall
+    /// clock passes what was issued, not only what was read (`now`).
+    #[inline]
+    fn count_degraded(&self, batch: &Batch, now: u64) {
+        let Some(reason) = batch.degraded else { return };
+        self.degraded[reason_index(reason)].inc_by(batch.count);
+        let last = self.generator.timestamp_of(batch.first + batch.count - 1);
+        if reason.logical_clock() && last > now {
+            self.guard.raise_to(last);
+        }
+    }
+
+    /// Why the generator issued nothing, for the caller; `wall` is the clock as read.
+    fn blocked(&self, e: NextError, flags: u32, wall: u64) -> Blocked {
+        match e {
+            NextError::Wait { until } => {
+                Blocked::Wait(self.units_to_duration(until.saturating_sub(wall)))
+            }
+            NextError::Behind { until } => Blocked::NotReady {
+                reason: "the clock is behind this prefix's last timestamp",
+                retry_after: self.units_to_duration(until.saturating_sub(wall)),
+            },
+            NextError::Ceiling if flags & LEASE_LOST != 0 => {
+                not_ready("the worker lease is lost and its reserved timestamps are used up")
+            }
+            NextError::Ceiling => {
+                self.renew_wanted.notify_one();
+                Blocked::Ceiling
+            }
+            NextError::Exhausted => Blocked::NotReady {
                 reason: "the layout has run out of timestamps",
                 retry_after: Duration::from_secs(3600),
-            }),
+            },
         }
     }
 
@@ -310,6 +298,7 @@ impl Node {
             ceiling,
         }));
         self.metrics.worker_id.set(worker as i64);
+        self.publish_lease_health();
         self.reserved.notify_waiters();
     }
 
@@ -317,6 +306,7 @@ impl Node {
     pub fn clear_grant(&self) {
         self.grant.set(None);
         self.metrics.worker_id.set(-1);
+        self.publish_lease_health();
     }
 
     /// Records that timestamps up to `ceiling` are persisted for the current grant.
@@ -333,149 +323,6 @@ impl Node {
     /// Resolves at the next reservation change (or grant change).
     pub async fn reserved(&self) {
         self.reserved.notified().await;
-    }
-
-    fn set_flag(&self, flag: u32, on: bool) -> bool {
-        let before = if on {
-            self.flags.fetch_or(flag, Ordering::AcqRel)
-        } else {
-            self.flags.fetch_and(!flag, Ordering::AcqRel)
-        };
-        (before & flag != 0) != on
-    }
-
-    pub fn set_starting(&self, on: bool) {
-        self.set_flag(STARTING, on);
-    }
-
-    pub fn set_stopping(&self) {
-        self.set_flag(STOPPING, true);
-    }
-
-    /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
-    /// the moment of fencing, so degraded numbers stay within the persisted reservation.
-    pub fn set_lease_lost(&self, lost: bool) {
-        if lost && !self.lease_lost() {
-            // Frozen at the moment of fencing, and never past what is persisted.
-            let ceiling = self.grant().map_or(0, |g| g.ceiling);
-            self.freeze
-                .store(self.now_units().min(ceiling), Ordering::Release);
-        }
-        if self.set_flag(LEASE_LOST, lost) {
-            self.metrics.lease_healthy.set(i64::from(!lost));
-            if lost {
-                self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
-            } else {
-                self.end_episode(DegradeReason::LeaseLost);
-            }
-        }
-        if !lost {
-            self.freeze.store(u64::MAX, Ordering::Release);
-        }
-    }
-
-    pub fn lease_lost(&self) -> bool {
-        self.flags.load(Ordering::Acquire) & LEASE_LOST != 0
-    }
-
-    /// Marks the node's clock as too far from its peers' (or back within bounds).
-    pub fn set_clock_skew(&self, skewed: bool, offset_ms: f64) {
-        if self.set_flag(CLOCK_SKEW, skewed) {
-            if skewed {
-                self.begin_episode(
-                    DegradeReason::ClockSkew,
-                    &format!("clock is {offset_ms:.0} ms from the peers' median"),
-                );
-            } else {
-                self.end_episode(DegradeReason::ClockSkew);
-            }
-        }
-    }
-
-    fn begin_episode(&self, reason: DegradeReason, detail: &str) {
-        let i = reason_index(reason);
-        let mut started = self.episodes[i]
-            .started_at_count
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if started.is_none() {
-            *started = Some(self.degraded[i].get());
-            let policy = match reason {
-                DegradeReason::ClockBackward => self.settings.on_clock_backward,
-                DegradeReason::LeaseLost => self.settings.on_lease_loss,
-                DegradeReason::ClockSkew => Policy::Degrade,
-            };
-            let effect = match policy {
-                Policy::Degrade => "numbers are degraded",
-                Policy::Reject => "numbers are refused (503)",
-            };
-            tracing::warn!(reason = reason.as_str(), "{detail}: {effect}");
-        }
-    }
-
-    fn end_episode(&self, reason: DegradeReason) {
-        let i = reason_index(reason);
-        let mut started = self.episodes[i]
-            .started_at_count
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = started.take() {
-            let marked = self.degraded[i].get().saturating_sub(at);
-            tracing::warn!(
-                reason = reason.as_str(),
-                degraded_numbers = marked,
-                "{} is over: {marked} numbers were marked degraded",
-                reason.as_str()
-            );
-        }
-    }
-
-    /// What `/ready` says.
-    pub fn readiness(&self) -> Readiness {
-        let reading = self.observe();
-        let flags = self.flags.load(Ordering::Acquire);
-        let mut blocking = Vec::new();
-        let mut degrading = Vec::new();
-        if self.grant.get().is_none() {
-            blocking.push("no_worker_id");
-        }
-        if flags & STARTING != 0 {
-            blocking.push("starting");
-        }
-        if flags & STOPPING != 0 {
-            blocking.push("stopping");
-        }
-        let mut condition = |on: bool, policy: Policy, name: &'static str| {
-            if on {
-                match policy {
-                    Policy::Degrade => degrading.push(name),
-                    Policy::Reject => blocking.push(name),
-                }
-            }
-        };
-        condition(
-            flags & LEASE_LOST != 0,
-            self.settings.on_lease_loss,
-            "lease_lost",
-        );
-        condition(
-            reading.backward_until.is_some(),
-            self.settings.on_clock_backward,
-            "clock_backward",
-        );
-        condition(flags & CLOCK_SKEW != 0, Policy::Degrade, "clock_skew");
-        let status = if !blocking.is_empty() {
-            "not_ready"
-        } else if !degrading.is_empty() {
-            "degraded"
-        } else {
-            "ok"
-        };
-        blocking.extend(degrading);
-        Readiness {
-            status,
-            reasons: blocking,
-        }
     }
 }
 
@@ -496,6 +343,38 @@ mod tests {
             reserve_window_ms: 2000,
         };
         Node::new(layout, clock, settings, Metrics::new().unwrap())
+    }
+
+    #[test]
+    fn the_lease_gauge_is_one_while_a_worker_id_is_held_and_not_fenced() {
+        let metrics = Metrics::new().unwrap();
+        let layout = Layout::new(LayoutSettings::default(), T0).unwrap();
+        let settings = node(
+            Arc::new(ManualClock::new(T0)),
+            Policy::Degrade,
+            Policy::Degrade,
+        )
+        .settings;
+        let n = Node::new(
+            layout,
+            Arc::new(ManualClock::new(T0)),
+            settings,
+            metrics.clone(),
+        );
+        let healthy = || metrics.lease_healthy.get();
+        assert_eq!(healthy(), 0, "no worker ID yet");
+        let now = n.now_units();
+        n.install_grant(0, 1, 0, now + 10);
+        assert_eq!(healthy(), 1);
+        n.set_lease_lost(true);
+        assert_eq!(healthy(), 0);
+        // Claimed again while fenced: healthy only once the fence is lifted.
+        n.install_grant(0, 2, now + 10, now + 20);
+        assert_eq!(healthy(), 0);
+        n.set_lease_lost(false);
+        assert_eq!(healthy(), 1);
+        n.clear_grant();
+        assert_eq!(healthy(), 0);
     }
 
     fn granted(clock: &Arc<ManualClock>, backward: Policy, lease: Policy) -> Node {

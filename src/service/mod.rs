@@ -10,6 +10,23 @@
 mod admin;
 mod issue;
 mod registry;
+/// The prefix watch (cluster mode) feeds the registry through this.
+impl ConfigSink for Service {
+    fn apply(&self, key: &str, config: PrefixConfig) -> Result<(), Refused> {
+        Service::apply(self, key, config)
+            .map(drop)
+            .map_err(Into::into)
+    }
+
+    fn forget(&self, key: &str) {
+        Service::forget(self, key)
+    }
+
+    fn sync(&self, all: HashMap<String, PrefixConfig>) {
+        Service::sync(self, all)
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -20,6 +37,7 @@ pub use admin::AdminError;
 pub use issue::{IssueError, Pending, Sink};
 pub use registry::{Entry, Registry};
 
+use crate::cluster::watch::{ConfigSink, Refused};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::{PrefixConfig, PrefixError};

@@ -111,12 +111,6 @@ impl Store for Stalled {
     async fn get_seq(&self, _: &str) -> Result<Option<u64>, StoreError> {
         stall().await
     }
-    async fn load_hwm(&self, _: u64, _: u64) -> Result<Option<u64>, StoreError> {
-        stall().await
-    }
-    async fn store_hwm(&self, _: u64, _: u64, _: u64) -> Result<(), StoreError> {
-        stall().await
-    }
     async fn check_layout(&self, _: &str) -> Result<(), StoreError> {
         stall().await
     }

@@ -197,6 +197,56 @@ impl EmbeddedStore {
     }
 }
 
+/// A worker ID's high timestamp, kept apart from the [`Store`] trait: only the standalone
+/// worker-ID source (`worker::StaticWorker`) reads and writes it.
+impl EmbeddedStore {
+    /// The reserved high timestamp (Unix ms) of a worker ID.
+    pub async fn load_hwm(&self, dc: u64, worker: u64) -> Result<Option<u64>, StoreError> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(HWM).map_err(unavailable)?;
+            let got = table
+                .get(hwm_key(dc, worker).as_str())
+                .map_err(unavailable)?;
+            Ok(got.map(|v| v.value()))
+        })
+        .await
+    }
+
+    /// Raises the high timestamp of a worker ID to `unix_ms`; never lowers it.
+    pub async fn raise_hwm(&self, dc: u64, worker: u64, unix_ms: u64) -> Result<(), StoreError> {
+        self.put_hwm(dc, worker, unix_ms, true).await
+    }
+
+    /// Sets the high timestamp of a worker ID to `unix_ms`, also below what it was.
+    pub async fn set_hwm(&self, dc: u64, worker: u64, unix_ms: u64) -> Result<(), StoreError> {
+        self.put_hwm(dc, worker, unix_ms, false).await
+    }
+
+    async fn put_hwm(
+        &self,
+        dc: u64,
+        worker: u64,
+        unix_ms: u64,
+        raise_only: bool,
+    ) -> Result<(), StoreError> {
+        self.write(move |txn| {
+            let mut table = txn.open_table(HWM).map_err(unavailable)?;
+            let key = hwm_key(dc, worker);
+            let stored = table
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .map(|v| v.value());
+            if raise_only && stored.is_some_and(|s| s >= unix_ms) {
+                return Ok(());
+            }
+            table.insert(key.as_str(), unix_ms).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// The value of `counter` in the open `seq` table.
 fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u64>, StoreError> {
     Ok(table.get(counter).map_err(unavailable)?.map(|v| v.value()))
@@ -329,29 +379,6 @@ impl Store for EmbeddedStore {
             let table = txn.open_table(SEQ).map_err(unavailable)?;
             let got = table.get(counter.as_str()).map_err(unavailable)?;
             Ok(got.map(|v| v.value()))
-        })
-        .await
-    }
-
-    async fn load_hwm(&self, dc: u64, worker: u64) -> Result<Option<u64>, StoreError> {
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(HWM).map_err(unavailable)?;
-            let got = table
-                .get(hwm_key(dc, worker).as_str())
-                .map_err(unavailable)?;
-            Ok(got.map(|v| v.value()))
-        })
-        .await
-    }
-
-    async fn store_hwm(&self, dc: u64, worker: u64, unix_ms: u64) -> Result<(), StoreError> {
-        self.write(move |txn| {
-            let mut table = txn.open_table(HWM).map_err(unavailable)?;
-            table
-                .insert(hwm_key(dc, worker).as_str(), unix_ms)
-                .map_err(unavailable)?;
-            Ok(())
         })
         .await
     }

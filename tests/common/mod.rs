@@ -1,10 +1,13 @@
 //! Shared harness for the black-box tests: real etcd processes ([`etcd`]) and the real
 //! numgen binary ([`server`]), both on loopback with random ports and temp dirs; a TCP
 //! proxy the test controls ([`proxy`]: cut, delay, reset) and a checker over every number
-//! a test got back ([`history`]); the HTTP API tests' body readers ([`api`]).
+//! a test got back ([`history`]); the HTTP API tests' body readers ([`api`]); nodes of
+//! one etcd-backed cluster and the helpers the `cluster_*` tests read them with
+//! ([`cluster`]).
 #![allow(dead_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod etcd;
 pub mod history;
 pub mod proxy;

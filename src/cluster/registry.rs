@@ -1,0 +1,108 @@
+//! The node registry in etcd: each node's entry is the value of the worker key it holds
+//! (`workers/{dc}/{worker}`, leased, so a dead node's entry goes with its lease). The lease
+//! loop writes the entry when it claims the key and refreshes it at every heartbeat; the
+//! registry read back is what `/cluster/nodes` shows and whom the skew monitor probes.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, GetOptions};
+
+use super::{ClusterView, NodeInfo};
+use crate::clock::Clock;
+use crate::store::etcd::{Keys, unavailable};
+use crate::store::{StoreError, bounded};
+
+/// Who this node is, as its registry entry says.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub node_id: String,
+    pub dc: u64,
+    /// The address peers and `/cluster/nodes` use.
+    pub addr: String,
+}
+
+/// This node's entry and the registry as etcd holds it.
+pub struct NodeRegistry {
+    client: Client,
+    keys: Keys,
+    timeout: Duration,
+    me: Identity,
+    clock: Arc<dyn Clock>,
+    /// This node's clock offset from the peers' median (f64 bits), as last measured.
+    offset_ms: AtomicU64,
+}
+
+impl NodeRegistry {
+    pub fn new(
+        client: Client,
+        keys: Keys,
+        me: Identity,
+        clock: Arc<dyn Clock>,
+        timeout: Duration,
+    ) -> NodeRegistry {
+        NodeRegistry {
+            client,
+            keys,
+            timeout,
+            me,
+            clock,
+            offset_ms: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.me.node_id
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Records this node's clock offset; the next heartbeat publishes it.
+    pub fn set_offset(&self, offset_ms: f64) {
+        self.offset_ms.store(offset_ms.to_bits(), Ordering::Relaxed);
+    }
+
+    fn offset(&self) -> f64 {
+        f64::from_bits(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// This node's entry while it holds `worker`, as the JSON stored at its worker key.
+    pub fn entry(&self, worker: u64) -> String {
+        let info = NodeInfo {
+            node_id: self.me.node_id.clone(),
+            dc_id: self.me.dc,
+            worker_id: Some(worker),
+            addr: self.me.addr.clone(),
+            heartbeat_ms: self.clock.now_ms(),
+            clock_offset_ms: self.offset(),
+        };
+        serde_json::to_string(&info).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl ClusterView for NodeRegistry {
+    /// Every node holding a worker ID, of every datacenter, by datacenter and worker ID.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
+        let mut client = self.client.clone();
+        let prefix = self.keys.workers();
+        let resp = bounded(self.timeout, async {
+            client
+                .get(prefix, Some(GetOptions::new().with_prefix()))
+                .await
+                .map_err(unavailable)
+        })
+        .await?;
+        let mut nodes: Vec<NodeInfo> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect();
+        nodes.sort_by_key(|n: &NodeInfo| (n.dc_id, n.worker_id));
+        Ok(nodes)
+    }
+}

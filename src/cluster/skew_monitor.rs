@@ -1,0 +1,73 @@
+//! The periodic peer clock check (SPEC section 4): every [`timing::SKEW_CHECK_EVERY`] the
+//! node probes each peer in the registry ([`skew::probe`]), takes its own offset from the
+//! peers' median ([`skew::node_offset`]), publishes it (registry entry, metric) and marks
+//! itself skewed beyond `max_skew_ms`. The estimate itself is pure and lives in [`skew`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::registry::NodeRegistry;
+use super::{ClusterView, skew, timing};
+use crate::metrics::Metrics;
+use crate::node::Node;
+
+/// Round trips per peer and check; the one with the smallest round trip counts.
+const SAMPLES: usize = 3;
+
+/// Measures this node's clock against its peers every `every`, publishes the offset, and
+/// marks the node skewed beyond `max_skew_ms`. Runs until `stop` changes.
+pub async fn watch_skew(
+    registry: Arc<NodeRegistry>,
+    node: Arc<Node>,
+    metrics: Metrics,
+    max_skew_ms: u64,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        // Fewer than two peers answered: no judgement, keep what was measured last.
+        let Some(offset) = measure(&registry).await else {
+            continue;
+        };
+        registry.set_offset(offset);
+        metrics.clock_offset_ms.set(offset);
+        node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);
+    }
+}
+
+/// This node's offset from the median of its peers' clocks, probed in parallel; `None`
+/// when the registry cannot be read or fewer than two peers answer.
+async fn measure(registry: &NodeRegistry) -> Option<f64> {
+    let nodes = registry.nodes().await.ok()?;
+    let mut probes = tokio::task::JoinSet::new();
+    for peer in nodes
+        .into_iter()
+        .filter(|n| n.node_id != registry.node_id())
+    {
+        let clock = registry.clock().clone();
+        probes.spawn(async move {
+            skew::probe(
+                &peer.addr,
+                clock.as_ref(),
+                SAMPLES,
+                timing::SKEW_PROBE_TIMEOUT,
+            )
+            .await
+        });
+    }
+    let mut offsets = Vec::new();
+    while let Some(r) = probes.join_next().await {
+        if let Ok(Some(sample)) = r {
+            offsets.push(sample.offset_ms);
+        }
+    }
+    skew::node_offset(&offsets)
+}

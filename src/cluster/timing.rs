@@ -1,0 +1,173 @@
+//! Every timing constant of the node's background work, and the durations derived from
+//! them, in one place: the lease keep-alive and fence, how far ahead timestamps are
+//! reserved and how often that is renewed, the retry waits, the skew and clock checks, and
+//! the etcd connection's timeouts. Each derived value is a function of the setting it
+//! depends on (`lease_ttl_s`, the reservation window), so the relations between them read
+//! here rather than across the loops that use them.
+//!
+//! A leaf: it depends on nothing in the crate, so the store, the worker-ID sources and the
+//! wiring can all take their numbers from here. The per-call store deadline is SPEC's
+//! (`store::DEFAULT_TIMEOUT`, 2 s) and stays with the `Store` contract.
+
+use std::time::Duration;
+
+// --- Worker lease (cluster mode) ----------------------------------------------------------
+
+/// The smallest fence margin: room for etcd and this node disagreeing on time.
+const MIN_FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long before the lease TTL runs out, counted from the last confirmed renewal, a node
+/// fences itself: max(1 s, TTL / 5).
+pub fn fence_margin(lease_ttl_s: u64) -> Duration {
+    (Duration::from_secs(lease_ttl_s) / 5).max(MIN_FENCE_MARGIN)
+}
+
+/// How long after the last confirmed renewal the node is fenced: the TTL minus the margin.
+pub fn fence_after(lease_ttl_s: u64) -> Duration {
+    Duration::from_secs(lease_ttl_s).saturating_sub(fence_margin(lease_ttl_s))
+}
+
+/// How far ahead a cluster node reserves timestamps: the lease TTL plus the fence margin.
+/// At the fence the reservation then still reaches about `2 * margin - 1.35 s` past the
+/// frozen time (renewal granularity 1 s, [`reserve_tick`] at most 250 ms, [`LEASE_TICK`]
+/// 100 ms), room for degraded numbers, while a node taking the worker ID over after the
+/// lease expires waits at most about the margin for its clock to pass it.
+pub fn reserve_window(lease_ttl_s: u64) -> Duration {
+    Duration::from_secs(lease_ttl_s) + fence_margin(lease_ttl_s)
+}
+
+/// How often a healthy lease is renewed: a third of the TTL, within 0.5–5 s.
+pub fn keep_alive_every(lease_ttl_s: u64) -> Duration {
+    (Duration::from_secs(lease_ttl_s) / 3).clamp(Duration::from_millis(500), Duration::from_secs(5))
+}
+
+/// How long one renewal may take before it counts as failed: at most 2 s, and never
+/// longer than the renewal period.
+pub fn renewal_deadline(lease_ttl_s: u64) -> Duration {
+    keep_alive_every(lease_ttl_s).min(Duration::from_secs(2))
+}
+
+/// How often a fenced node tries to renew, so that it recovers soon after etcd answers.
+pub const FENCED_RENEW_EVERY: Duration = Duration::from_millis(500);
+
+/// The keep-alive loop's tick: how late a fence or a due renewal may be noticed.
+pub const LEASE_TICK: Duration = Duration::from_millis(100);
+
+/// The wait before claiming again after a failed claim (etcd unreachable, ...).
+pub const CLAIM_RETRY: Duration = Duration::from_secs(1);
+
+/// The wait before claiming again when every worker ID is taken: half a TTL, in which
+/// time a crashed holder's lease may have expired.
+pub fn all_taken_retry(lease_ttl_s: u64) -> Duration {
+    Duration::from_secs(lease_ttl_s) / 2
+}
+
+// --- Timestamp reservation (both modes) ---------------------------------------------------
+
+/// How far ahead of the clock a standalone node reserves timestamps (cluster mode:
+/// [`reserve_window`]).
+pub const STANDALONE_WINDOW: Duration = Duration::from_secs(2);
+
+/// [`STANDALONE_WINDOW`] in ms.
+pub const STANDALONE_WINDOW_MS: u64 = STANDALONE_WINDOW.as_millis() as u64;
+
+/// How often the reservation is checked: an eighth of the window, within 10–250 ms.
+pub fn reserve_tick(window: Duration) -> Duration {
+    (window / 8).clamp(Duration::from_millis(10), Duration::from_millis(250))
+}
+
+/// How much of the reservation the clock may use up before it is renewed: this, or half
+/// the window when that is shorter (the renewal granularity: the mark stays between the
+/// window minus this and the window ahead of the clock).
+pub const RESERVE_RENEW_AFTER: Duration = Duration::from_secs(1);
+
+// --- Watches and checks -------------------------------------------------------------------
+
+/// The wait before reading the prefix configs again after a failed read or watch.
+pub const WATCH_RETRY: Duration = Duration::from_secs(1);
+
+/// How often a cluster node measures its clock against its peers.
+pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one peer's clock probe (all of its round trips) may take.
+pub const SKEW_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How often the clock is read without traffic (ends backward episodes, sees jumps).
+pub const CLOCK_WATCH_TICK: Duration = Duration::from_millis(100);
+
+// --- The etcd connection ------------------------------------------------------------------
+
+/// How long one TCP (and TLS) connection attempt to an endpoint may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The whole of connecting to etcd, authentication included.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// HTTP/2 pings on a connection with requests in flight. etcd answers pings more often than
+/// every 5 s (its `--grpc-keepalive-min-time`) with GOAWAY "too_many_pings", so stay above it;
+/// pings are sent only while streams are open for the same reason (etcd does not permit
+/// pings without streams).
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A ping unanswered for this long drops the connection, so the next call reconnects.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The kernel's keep-alive on idle connections, so a half-open TCP connection is noticed.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Duration) -> u128 {
+        d.as_millis()
+    }
+
+    #[test]
+    fn lease_timings_follow_the_ttl() {
+        // (ttl, margin, fence after, window, renew every, renewal deadline) in ms
+        let cases = [
+            (3, 1000, 2000, 4000, 1000, 1000),
+            (10, 2000, 8000, 12000, 3333, 2000),
+            (60, 12000, 48000, 72000, 5000, 2000),
+            (1, 1000, 0, 2000, 500, 500),
+        ];
+        for (ttl, margin, after, window, every, deadline) in cases {
+            let got = (
+                ms(fence_margin(ttl)),
+                ms(fence_after(ttl)),
+                ms(reserve_window(ttl)),
+                ms(keep_alive_every(ttl)),
+                ms(renewal_deadline(ttl)),
+            );
+            assert_eq!(got, (margin, after, window, every, deadline), "ttl {ttl}");
+        }
+        assert_eq!(all_taken_retry(10), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_fence_comes_before_the_lease_expires_and_within_the_reservation() {
+        for ttl in 3..=300 {
+            let ttl_d = Duration::from_secs(ttl);
+            assert!(fence_after(ttl) < ttl_d, "ttl {ttl}");
+            // At the fence, the reservation reaches at least one margin past it.
+            assert!(reserve_window(ttl) >= fence_after(ttl) + 2 * fence_margin(ttl));
+            assert!(renewal_deadline(ttl) <= keep_alive_every(ttl));
+            assert!(keep_alive_every(ttl) < fence_after(ttl), "ttl {ttl}");
+        }
+    }
+
+    #[test]
+    fn the_reservation_tick_is_an_eighth_of_the_window_within_bounds() {
+        assert_eq!(reserve_tick(STANDALONE_WINDOW), Duration::from_millis(250));
+        assert_eq!(
+            reserve_tick(Duration::from_millis(800)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            reserve_tick(Duration::from_millis(2)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(STANDALONE_WINDOW_MS, 2000);
+    }
+}
