@@ -11,6 +11,8 @@
 //! - [`clock`]: the `Clock` trait and the guard that turns readings into a time that never
 //!   goes backward and notices steps back and jumps forward.
 //! - [`prefix`]: prefix configs, parsed strictly from request bodies.
+//! - [`sync`]: the one `SeqLock` (the TSC clock's base, the worker grant), with its
+//!   memory-ordering argument.
 //!
 //! The state of a running node, and its edges:
 //! - [`node`]: the worker grant, reservation ceiling, health flags; bounds per request.
@@ -37,4 +39,5 @@ pub mod prefix;
 pub mod sequence;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod worker;
