@@ -23,8 +23,11 @@
 //! - [`cluster`]: node registry as `/cluster/nodes` shows it.
 //! - [`http`]: accept loop, router, handlers, the HTTP error type.
 //! - [`metrics`]: every exported metric, in one registry.
-//! - [`config`]: file, environment and flags into one checked `Config`.
-//! - [`app`]: wiring and shutdown order.
+//! - [`config`]: file, environment and flags into one checked `Config`; secrets as
+//!   `Secret`, which never prints.
+//! - [`standalone`]: the locked data dir, the embedded store in it, the admin token file.
+//! - [`app`]: wiring and shutdown order: choose the backend, spawn and track the
+//!   background tasks, serve, stop in order.
 
 pub mod app;
 pub mod clock;
@@ -38,6 +41,7 @@ pub mod node;
 pub mod prefix;
 pub mod sequence;
 pub mod service;
+pub mod standalone;
 pub mod store;
 pub mod sync;
 pub mod worker;

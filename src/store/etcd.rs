@@ -182,7 +182,7 @@ impl EtcdStore {
             // etcd's auth tokens expire (5 minutes by default); refresh them instead of
             // failing every call after that.
             options = options
-                .with_user(user.clone(), password.clone())
+                .with_user(user.clone(), password.expose())
                 .with_auto_token_refresh(true);
         }
         let tls = wants_tls(cfg);
