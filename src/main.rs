@@ -7,10 +7,6 @@ use clap::Parser;
 use numgen::clock::{Clock, SystemClock};
 use numgen::config::{Cli, Command, Config, LogFormat, Settings};
 
-fn load(settings: Settings) -> Result<Config, numgen::config::ConfigError> {
-    settings.with_file()?.validate(SystemClock.now_ms())
-}
-
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -42,98 +38,90 @@ async fn shutdown_signal() {
     }
 }
 
-fn serve(config: Config) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+/// Runs the server until SIGTERM or SIGINT.
+fn serve(config: Config) -> ExitCode {
+    init_logging(config.log_format);
+    let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
-        numgen::app::run(config, listener, shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
-    })
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|runtime| {
+            runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
+                numgen::app::run(config, listener, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("numgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `numgen health`: exit 0 when the server at `listen` answers GET /health.
+fn health(config: Config) -> ExitCode {
+    let mut addr = config.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let probe = async {
+        let timeout = std::time::Duration::from_secs(2);
+        numgen::cluster::skew::probe(&addr.to_string(), &SystemClock, 1, timeout).await
+    };
+    let ok = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(probe).is_some())
+        .unwrap_or(false);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("numgen: no healthy server at {addr}");
+        ExitCode::FAILURE
+    }
+}
+
+/// `numgen decode ID`: the ID's fields as JSON, in the configured layout.
+fn decode(config: Config, id: &str) -> ExitCode {
+    let described = id
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| numgen::id::describe(&config.layout, n));
+    match described {
+        Some(d) => {
+            let v = numgen::http::ops::decoded_json(&d);
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("numgen: '{id}' is not an ID (a decimal integer below 2^63)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Loads the config from every source, or exits 2 with a message naming the bad key.
+fn with_config(settings: Settings, then: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match settings.load(SystemClock.now_ms()) {
+        Ok(config) => then(config),
+        Err(e) => {
+            eprintln!("numgen: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Serve(settings) => {
-            let config = match load(*settings) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("numgen: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logging(config.log_format);
-            match serve(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("numgen: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        Command::Health { settings } => {
-            let config = match load(*settings) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("numgen: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let mut addr = config.listen;
-            if addr.ip().is_unspecified() {
-                addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            let probe = async {
-                numgen::cluster::skew::probe(
-                    &addr.to_string(),
-                    &SystemClock,
-                    1,
-                    std::time::Duration::from_secs(2),
-                )
-                .await
-            };
-            let ok = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(probe).is_some())
-                .unwrap_or(false);
-            if ok {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("numgen: no healthy server at {addr}");
-                ExitCode::FAILURE
-            }
-        }
-        Command::Decode { id, settings } => {
-            let config = match load(*settings) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("numgen: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let described = id
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| numgen::id::describe(&config.layout, n));
-            match described {
-                Some(d) => {
-                    let v = numgen::http::ops::decoded_json(&d);
-                    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                None => {
-                    eprintln!("numgen: '{id}' is not an ID (a decimal integer below 2^63)");
-                    ExitCode::from(2)
-                }
-            }
-        }
+    match Cli::parse().command {
+        Command::Serve(settings) => with_config(*settings, serve),
+        Command::Health { settings } => with_config(*settings, health),
+        Command::Decode { id, settings } => with_config(*settings, |c| decode(c, &id)),
     }
 }

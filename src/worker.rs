@@ -17,10 +17,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::cluster::timing;
 use crate::node::Node;
 use crate::store::StoreError;
 use crate::store::embedded::EmbeddedStore;
+use crate::timing;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WorkerError {

@@ -10,11 +10,10 @@
 //! and an interpolated reading is never more than a millisecond from the real one.
 //! Used only where the kernel itself trusts the counter (`current_clocksource` is `tsc`).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Clock;
+use crate::sync::{SeqLock, Words};
 
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -35,18 +34,25 @@ fn real_ns() -> u64 {
     })
 }
 
-/// A real reading and the counter value taken with it, behind a sequence lock.
-#[derive(Debug, Default)]
+/// A real reading and the counter value taken with it.
+#[derive(Clone, Copy, Debug, Default)]
 struct Base {
-    seq: AtomicU64,
-    ns: AtomicU64,
-    ticks: AtomicU64,
-    writer: Mutex<()>,
+    ns: u64,
+    ticks: u64,
+}
+
+impl Words<2> for Base {
+    fn to_words(self) -> [u64; 2] {
+        [self.ns, self.ticks]
+    }
+    fn from_words([ns, ticks]: [u64; 2]) -> Base {
+        Base { ns, ticks }
+    }
 }
 
 #[derive(Debug)]
 pub struct TscClock {
-    base: Base,
+    base: SeqLock<Base, 2>,
     /// Nanoseconds per tick, as a 32.32 fixed-point number.
     ns_per_tick_q32: u64,
     /// Ticks in one millisecond: interpolate only within this many ticks of the base.
@@ -78,7 +84,7 @@ impl TscClock {
             return None;
         }
         let clock = TscClock {
-            base: Base::default(),
+            base: SeqLock::default(),
             ns_per_tick_q32: ((u128::from(ns) << 32) / u128::from(elapsed_ticks)) as u64,
             ticks_per_ms: elapsed_ticks * 1_000_000 / ns,
         };
@@ -88,41 +94,29 @@ impl TscClock {
 
     /// Reads the real clock and makes it the base. Returns the reading in ns.
     fn rebase(&self) -> u64 {
-        let Ok(_one_writer) = self.base.writer.try_lock() else {
-            // Another thread is rebasing right now: just read the real clock.
-            return real_ns();
+        let fresh = || {
+            let ticks = ticks();
+            Base {
+                ns: real_ns(),
+                ticks,
+            }
         };
-        let c = ticks();
-        let ns = real_ns();
-        let s = self.base.seq.load(Ordering::Relaxed);
-        self.base.seq.store(s + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        self.base.ns.store(ns, Ordering::Relaxed);
-        self.base.ticks.store(c, Ordering::Relaxed);
-        self.base.seq.store(s + 2, Ordering::Release);
-        ns
+        // Another thread rebasing right now: just read the real clock.
+        self.base.try_write(fresh).map_or_else(real_ns, |b| b.ns)
     }
 
     #[inline]
     fn now_ns(&self) -> u64 {
         let now = ticks();
-        loop {
-            let s = self.base.seq.load(Ordering::Acquire);
-            if s & 1 == 1 {
-                return real_ns();
-            }
-            let ns = self.base.ns.load(Ordering::Relaxed);
-            let at = self.base.ticks.load(Ordering::Relaxed);
-            fence(Ordering::Acquire);
-            if self.base.seq.load(Ordering::Relaxed) != s {
-                continue;
-            }
-            let since = now.wrapping_sub(at);
-            if since >= self.ticks_per_ms {
-                return self.rebase();
-            }
-            return ns + ((u128::from(since) * u128::from(self.ns_per_tick_q32)) >> 32) as u64;
+        // A rebase under way: the real clock is as good and needs no waiting.
+        let Some(base) = self.base.try_read() else {
+            return real_ns();
+        };
+        let since = now.wrapping_sub(base.ticks);
+        if since >= self.ticks_per_ms {
+            return self.rebase();
         }
+        base.ns + ((u128::from(since) * u128::from(self.ns_per_tick_q32)) >> 32) as u64
     }
 }
 

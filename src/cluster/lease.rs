@@ -26,11 +26,12 @@ use etcd_client::{
 use tokio::sync::watch;
 
 use super::registry::{Identity, NodeRegistry};
-use super::{sleep_or_stop, timing};
+use super::sleep_or_stop;
 use crate::clock::Clock;
 use crate::node::Node;
 use crate::store::etcd::{Keys, parse_u64, unavailable};
 use crate::store::{StoreError, bounded};
+use crate::timing;
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
 /// What a node needs to take part in a cluster.

@@ -5,8 +5,9 @@
 //!   the fence ([`EtcdCluster`], [`lease::run_lease`]);
 //! - [`registry`]: the node registry, each node's entry at the worker key it holds;
 //! - [`watch`]: prefix configs shared by watch, into a [`watch::ConfigSink`];
-//! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check);
-//! - [`timing`]: every period, deadline and retry wait of this background work.
+//! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check).
+//!
+//! Every period, deadline and retry wait comes from `crate::timing`.
 //!
 //! Every etcd key comes from `store::etcd::Keys`.
 
@@ -14,7 +15,6 @@ pub mod lease;
 pub mod registry;
 pub mod skew;
 pub mod skew_monitor;
-pub mod timing;
 pub mod watch;
 
 pub use lease::{ClusterSettings, EtcdCluster};

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::registry::NodeRegistry;
-use super::{ClusterView, skew, timing};
+use super::{ClusterView, skew};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::timing;
 
 /// Round trips per peer and check; the one with the smallest round trip counts.
 const SAMPLES: usize = 3;

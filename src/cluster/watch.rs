@@ -11,10 +11,11 @@ use std::time::Duration;
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
 use tokio::sync::watch;
 
-use super::{sleep_or_stop, timing};
+use super::sleep_or_stop;
 use crate::prefix::PrefixConfig;
 use crate::store::etcd::{Keys, unavailable};
 use crate::store::{StoreError, bounded};
+use crate::timing;
 
 /// Why a config from the store was not taken.
 pub type Refused = Box<dyn std::error::Error + Send + Sync>;

@@ -1,11 +1,10 @@
 //! The worker grant a node issues under, readable on every request without a lock or a
-//! reference count: a sequence lock over plain atomics. Writes (a new grant, a cleared one,
-//! the reservation ceiling moving up about once a second) are rare and serialised by a
-//! mutex; a reader that overlaps one simply reads again. The fields are read together, so a
-//! request never pairs one worker ID with another worker ID's ceiling.
+//! reference count: a [`SeqLock`] over its words. Writes (a new grant, a cleared one, the
+//! reservation ceiling moving up about once a second) are rare; a reader that overlaps one
+//! simply reads again. The fields are read together, so a request never pairs one worker
+//! ID with another worker ID's ceiling.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use crate::sync::{SeqLock, Words};
 
 /// The worker ID a node holds and the range of timestamps it may use with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,77 +19,46 @@ pub struct Grant {
     pub ceiling: u64,
 }
 
-#[derive(Debug, Default)]
-pub struct GrantCell {
-    /// Odd while a write is under way; bumped twice per write.
-    seq: AtomicU64,
-    held: AtomicU64,
-    dc: AtomicU64,
-    worker: AtomicU64,
-    node_bits: AtomicU64,
-    floor: AtomicU64,
-    ceiling: AtomicU64,
-    writer: Mutex<()>,
+/// Held or not, then the fields (zero when none is held).
+impl Words<6> for Option<Grant> {
+    fn to_words(self) -> [u64; 6] {
+        match self {
+            None => [0; 6],
+            Some(g) => [1, g.dc, g.worker, g.node_bits, g.floor, g.ceiling],
+        }
+    }
+    fn from_words([held, dc, worker, node_bits, floor, ceiling]: [u64; 6]) -> Option<Grant> {
+        (held != 0).then_some(Grant {
+            dc,
+            worker,
+            node_bits,
+            floor,
+            ceiling,
+        })
+    }
 }
+
+#[derive(Debug, Default)]
+pub struct GrantCell(SeqLock<Option<Grant>, 6>);
 
 impl GrantCell {
     /// The current grant, if one is held.
     #[inline]
     pub fn get(&self) -> Option<Grant> {
-        loop {
-            let before = self.seq.load(Ordering::Acquire);
-            if before & 1 == 1 {
-                std::hint::spin_loop();
-                continue;
-            }
-            let held = self.held.load(Ordering::Relaxed) != 0;
-            let grant = Grant {
-                dc: self.dc.load(Ordering::Relaxed),
-                worker: self.worker.load(Ordering::Relaxed),
-                node_bits: self.node_bits.load(Ordering::Relaxed),
-                floor: self.floor.load(Ordering::Relaxed),
-                ceiling: self.ceiling.load(Ordering::Relaxed),
-            };
-            fence(Ordering::Acquire);
-            if self.seq.load(Ordering::Relaxed) == before {
-                return held.then_some(grant);
-            }
-        }
-    }
-
-    fn write(&self, f: impl FnOnce(&GrantCell)) {
-        let _one_writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.seq.load(Ordering::Relaxed);
-        self.seq.store(s + 1, Ordering::Relaxed);
-        fence(Ordering::Release);
-        f(self);
-        self.seq.store(s + 2, Ordering::Release);
+        self.0.read()
     }
 
     pub fn set(&self, grant: Option<Grant>) {
-        self.write(|c| {
-            let g = grant.unwrap_or(Grant {
-                dc: 0,
-                worker: 0,
-                node_bits: 0,
-                floor: 0,
-                ceiling: 0,
-            });
-            c.held.store(u64::from(grant.is_some()), Ordering::Relaxed);
-            c.dc.store(g.dc, Ordering::Relaxed);
-            c.worker.store(g.worker, Ordering::Relaxed);
-            c.node_bits.store(g.node_bits, Ordering::Relaxed);
-            c.floor.store(g.floor, Ordering::Relaxed);
-            c.ceiling.store(g.ceiling, Ordering::Relaxed);
-        });
+        self.0.write(grant);
     }
 
     /// Raises the held grant's ceiling (never lowers it).
     pub fn extend_ceiling(&self, ceiling: u64) {
-        self.write(|c| {
-            if c.held.load(Ordering::Relaxed) != 0 {
-                c.ceiling.fetch_max(ceiling, Ordering::Relaxed);
-            }
+        self.0.update(|held| {
+            held.map(|g| Grant {
+                ceiling: g.ceiling.max(ceiling),
+                ..g
+            })
         });
     }
 }

@@ -16,10 +16,7 @@ use crate::store::StoreError;
 use super::Service;
 use super::registry::{Entry, Kind};
 
-/// How long a request may wait for the reservation of timestamps to be extended.
-const RESERVATION_WAIT: Duration = Duration::from_secs(2);
-/// How often a request waiting for the reservation looks again.
-const RESERVATION_POLL: Duration = Duration::from_millis(20);
+use crate::timing::{RESERVATION_POLL, RESERVATION_WAIT};
 
 /// Receives issued numbers in order; the HTTP layer writes them into the response body.
 pub trait Sink {
@@ -407,7 +404,7 @@ mod tests {
         let err = take(&s, "C", 5000).await.unwrap_err();
         assert_eq!(
             err,
-            IssueError::Storage(StoreError::Timeout(super::RESERVATION_WAIT))
+            IssueError::Storage(StoreError::Timeout(crate::timing::RESERVATION_WAIT))
         );
     }
 

@@ -121,11 +121,39 @@ fn write_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Box<dyn WriteJo
     }
 }
 
+/// The queue to the writer thread. Dropped with the last clone of the store: it closes the
+/// queue and waits for the thread, so that once the store is gone the file is closed and
+/// its lock free (a server run again in the same process can open it at once).
+struct Writer {
+    jobs: Option<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn send(&self, job: Box<dyn WriteJob>) -> Result<(), StoreError> {
+        self.jobs
+            .as_ref()
+            .and_then(|jobs| jobs.send(job).ok())
+            .ok_or_else(|| StoreError::Unavailable("the store's writer has stopped".into()))
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(thread) = self.thread.take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A redb database file.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
-    writer: std::sync::mpsc::Sender<Box<dyn WriteJob>>,
+    writer: Arc<Writer>,
     timeout: Duration,
 }
 
@@ -143,16 +171,19 @@ impl EmbeddedStore {
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
-        let (writer, jobs) = std::sync::mpsc::channel();
+        let (sender, jobs) = std::sync::mpsc::channel();
         let for_writer = db.clone();
         // The thread ends when the last clone of the store (its sender) is dropped.
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("numgen-redb-writer".into())
             .spawn(move || write_loop(for_writer, jobs))
             .map_err(unavailable)?;
         Ok(EmbeddedStore {
             db,
-            writer,
+            writer: Arc::new(Writer {
+                jobs: Some(sender),
+                thread: Some(thread),
+            }),
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -185,9 +216,7 @@ impl EmbeddedStore {
         F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.writer
-            .send(Box::new(TypedJob { f, reply }))
-            .map_err(|_| StoreError::Unavailable("the store's writer has stopped".into()))?;
+        self.writer.send(Box::new(TypedJob { f, reply }))?;
         bounded(self.timeout, async move {
             answer
                 .await
@@ -401,5 +430,25 @@ impl Store for EmbeddedStore {
             }
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server run again in the same process reopens its file at once: the writer thread
+    /// has let go of it when the last clone of the store is dropped.
+    #[tokio::test]
+    async fn the_file_is_closed_when_the_last_clone_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        for n in 1..=20u64 {
+            let store = EmbeddedStore::open(&path).unwrap();
+            let clone = store.clone();
+            assert_eq!(clone.reserve_seq("A", 1, 0).await.unwrap().start, n);
+            drop(store);
+            drop(clone);
+        }
     }
 }

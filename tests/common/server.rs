@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a server gets to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a dropped server gets to exit after SIGTERM before it is killed.
+pub const DROP_GRACE: Duration = Duration::from_secs(3);
 /// Read and write timeout of [`Client`] sockets.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -430,7 +432,21 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM first, so that a server the test is done with exits the way it does in
+    /// production (and writes its coverage profile under `cargo llvm-cov`); SIGKILL when it
+    /// has not exited within [`DROP_GRACE`] (a stopped process, an etcd already gone).
     fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + DROP_GRACE;
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         self.kill9();
     }
 }

@@ -1,4 +1,4 @@
-//! Connecting to etcd: the client's timeouts and keep-alives (from `cluster::timing`),
+//! Connecting to etcd: the client's timeouts and keep-alives (from `crate::timing`),
 //! authentication, and TLS from the configured certificate files.
 
 use std::path::Path;
@@ -6,11 +6,11 @@ use std::path::Path;
 use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use super::unavailable;
-use crate::cluster::timing::{
-    CONNECT_DEADLINE, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, TCP_KEEPALIVE,
-};
 use crate::config::EtcdConfig;
 use crate::store::{StoreError, bounded};
+use crate::timing::{
+    CONNECT_DEADLINE, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, TCP_KEEPALIVE,
+};
 
 /// A client on the configured endpoints. Certificate files are read here, and with a user
 /// name the client authenticates here, so a wrong password or a missing file fails at
@@ -26,7 +26,7 @@ pub async fn client(cfg: &EtcdConfig) -> Result<Client, StoreError> {
         // etcd's auth tokens expire (5 minutes by default); refresh them instead of
         // failing every call after that.
         options = options
-            .with_user(user.clone(), password.clone())
+            .with_user(user.clone(), password.expose())
             .with_auto_token_refresh(true);
     }
     let tls = wants_tls(cfg);

@@ -83,6 +83,12 @@ pub const RESERVE_RENEW_AFTER: Duration = Duration::from_secs(1);
 
 // --- Watches and checks -------------------------------------------------------------------
 
+/// How long a numbers request may wait for the reservation of timestamps to be extended
+/// (then `STORAGE_UNAVAILABLE`).
+pub const RESERVATION_WAIT: Duration = Duration::from_secs(2);
+/// How often a request waiting for the reservation looks again.
+pub const RESERVATION_POLL: Duration = Duration::from_millis(20);
+
 /// The wait before reading the prefix configs again after a failed read or watch.
 pub const WATCH_RETRY: Duration = Duration::from_secs(1);
 
