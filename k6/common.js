@@ -98,3 +98,10 @@ export function takeNumbers(prefix, count, opts = {}) {
   numbersReceived.add(ids.length);
   return ids.length;
 }
+
+// Latency and throughput targets judge a benchmark run on a machine of its own. The short
+// runs in scripts/test.sh set TIMING_TARGETS=0: on a shared, noisy machine they judge
+// correctness only (failed requests, checks, overlaps), never time.
+export function timingTargets(targets) {
+  return (__ENV.TIMING_TARGETS || '1') === '0' ? {} : targets;
+}

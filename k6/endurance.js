@@ -13,7 +13,7 @@
 // but skips the cross-VU range log, which at the default rate grows by about 20 MB an hour;
 // keep it on (the default) when the disk allows, and the run is checked end to end.
 import { sleep } from 'k6';
-import { SEQUENCE_PREFIX, SNOWFLAKE_PREFIX, takeNumbers } from './common.js';
+import { SEQUENCE_PREFIX, SNOWFLAKE_PREFIX, takeNumbers, timingTargets } from './common.js';
 
 const COUNT = parseInt(__ENV.COUNT || '10', 10);
 const PAUSE = parseFloat(__ENV.PAUSE || '0.5');
@@ -29,7 +29,9 @@ export const options = {
   },
   thresholds: {
     http_req_failed: ['rate<0.001'],
-    http_req_duration: ['p(95)<50'],
+    ...timingTargets({
+      http_req_duration: ['p(95)<50'],
+    }),
     checks: ['rate==1.0'],
   },
   summaryTrendStats: ['avg', 'min', 'med', 'p(95)', 'p(99)', 'max'],

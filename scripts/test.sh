@@ -45,7 +45,8 @@ cargo build --release --quiet
 step "hurl suites"
 scripts/run-hurl.sh target/release/numgen
 
-step "k6 (short runs)"
+step "k6 (short runs; correctness only: TIMING_TARGETS=0)"
+export TIMING_TARGETS=0
 SKIP_BUILD=1 scripts/run-k6.sh k6/baseline.js
 SKIP_BUILD=1 HOLD=${K6_SPIKE_HOLD:-10s} scripts/run-k6.sh k6/spike.js
 SKIP_BUILD=1 DURATION=${K6_ENDURANCE:-60s} scripts/run-k6.sh k6/endurance.js
