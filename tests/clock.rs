@@ -260,6 +260,11 @@ fn wait_ready(s: &Server, timeout: Duration) {
 }
 
 /// The value of one series (`name{labels}` exactly as exported) in `/metrics`.
+/// `numgen_clock_offset_seconds`, in ms.
+fn offset_ms(s: &Server) -> f64 {
+    metric(s, "numgen_clock_offset_seconds") * 1000.0
+}
+
 fn metric(s: &Server, series: &str) -> f64 {
     let text = s.get("/metrics").text();
     text.lines()
@@ -631,7 +636,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
         (state.as_str(), reasons),
         ("degraded", vec!["clock_skew".to_string()])
     );
-    let offset = metric(&fast, "numgen_clock_offset_ms");
+    let offset = offset_ms(&fast);
     assert!(
         (offset - 5_000.0).abs() < 500.0,
         "fast node offset {offset}"
@@ -644,7 +649,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
     });
     for peer in [&a, &b] {
         assert_eq!(ready(peer).0, 200, "a peer of the fast node stays ready");
-        let o = metric(peer, "numgen_clock_offset_ms");
+        let o = offset_ms(peer);
         assert!(o.abs() < 500.0, "peer offset {o}");
     }
     for round in 0..5 {
@@ -694,7 +699,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
         "{:?}",
         after.iter().find(|d| d.degraded)
     );
-    let offset = metric(&fast, "numgen_clock_offset_ms");
+    let offset = offset_ms(&fast);
     assert!(offset.abs() < 500.0, "offset after the fix {offset}");
     wait_for("the fixed offset is published", SETTLE, || {
         (published_offset(&a, &fast)?.abs() < 500.0).then_some(())
