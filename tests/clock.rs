@@ -18,10 +18,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::etcd::Etcd;
+use common::faketime::FakeClock;
 use common::server::{Client, Resp, Server, ServerOpts, assert_error, random_token};
 use serde_json::Value;
 
@@ -47,66 +47,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
             "timed out after {timeout:?}: {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// libfaketime
-
-fn libfaketime() -> Option<PathBuf> {
-    let arch = std::env::consts::ARCH;
-    [
-        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
-        "/usr/lib/faketime/libfaketime.so.1".to_string(),
-        "/usr/local/lib/faketime/libfaketime.so.1".to_string(),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
-/// The wall-clock offset of one numgen process, moved by rewriting a file.
-struct FakeClock {
-    lib: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl FakeClock {
-    /// A clock file holding `offset` (libfaketime syntax: `+0`, `-10s`, `-0.003`); `None`
-    /// (after saying so) when libfaketime is not installed and this is not CI.
-    fn new(offset: &str) -> Option<FakeClock> {
-        let Some(lib) = libfaketime() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("libfaketime is not installed (Debian package `faketime`); CI needs it");
-            }
-            println!("skipping: libfaketime not installed (Debian package `faketime`)");
-            return None;
-        };
-        let clock = FakeClock {
-            lib,
-            dir: tempfile::tempdir().expect("temp dir for the clock file"),
-        };
-        clock.set(offset);
-        Some(clock)
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.path().join("offset")
-    }
-
-    /// Moves the clock: the file is replaced atomically.
-    fn set(&self, offset: &str) {
-        let tmp = self.dir.path().join("offset.tmp");
-        std::fs::write(&tmp, format!("{offset}\n")).expect("write the clock file");
-        std::fs::rename(&tmp, self.file()).expect("replace the clock file");
-    }
-
-    /// `opts` with libfaketime preloaded and reading this clock's file.
-    fn apply(&self, opts: ServerOpts) -> ServerOpts {
-        opts.env("LD_PRELOAD", self.lib.display().to_string())
-            .env("FAKETIME_TIMESTAMP_FILE", self.file().display().to_string())
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
     }
 }
 

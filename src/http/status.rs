@@ -245,6 +245,23 @@ fn time(ms: u64) -> String {
         )
 }
 
+/// Milliseconds with a sign, and no `-0.0`.
+fn signed_ms(ms: f64) -> String {
+    let ms = if ms.abs() < 0.05 { 0.0 } else { ms };
+    format!("{ms:+.1} ms")
+}
+
+/// How long ago a heartbeat stamped by another node's clock was, by this node's clock.
+fn age(now_ms: u64, then_ms: u64) -> String {
+    let s = (now_ms as f64 - then_ms as f64) / 1000.0;
+    if s >= 0.0 {
+        format!("{s:.1} s ago")
+    } else {
+        // Stamped by a clock ahead of this node's.
+        format!("{:.1} s ahead", -s)
+    }
+}
+
 /// A readiness as a badge: its class (`ok`, `degraded`, `bad`) and text.
 fn ready_badge(r: &NodeReady) -> String {
     match r {
@@ -269,7 +286,7 @@ fn ready_badge(r: &NodeReady) -> String {
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}\
 h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}\
 table{border-collapse:collapse}td,th{padding:.25em .8em;border-bottom:1px solid #ddd;\
-text-align:left;vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;\
+text-align:left;vertical-align:top;white-space:nowrap}th{background:#f4f4f4}td.n{text-align:right;\
 font-variant-numeric:tabular-nums}code{font-size:.95em}.badge{padding:.1em .5em;\
 border-radius:.3em;font-weight:600}.ok{background:#d8f3dc;color:#1b4332}\
 .degraded{background:#ffe8a3;color:#6b4e00}.bad{background:#ffccd0;color:#7a0010}\
@@ -325,7 +342,7 @@ fn this_node(out: &mut String, s: &Snapshot) {
     };
     let reserved = s.reserved_until_ms.map_or_else(|| "-".to_string(), time);
     let offset = if s.clustered {
-        format!("{:+.1} ms from the peers' median", s.clock_offset_ms)
+        format!("{} from the peers' median", signed_ms(s.clock_offset_ms))
     } else {
         "not measured (standalone)".to_string()
     };
@@ -378,19 +395,18 @@ fn nodes(out: &mut String, s: &Snapshot) {
         let worker = n
             .worker_id
             .map_or_else(|| "-".to_string(), |w| w.to_string());
-        let age = s.now_ms as f64 - n.heartbeat_ms as f64;
         let _ = write!(
             out,
             "<tr{class} data-node=\"{id}\"><td><code>{id}</code>{me}</td><td class=\"n\">{dc}</td>\
-             <td class=\"n\" data-worker>{worker}</td><td>{addr}</td><td class=\"n\">{age:.1} s ago</td>\
-             <td class=\"n\">{offset:+.1} ms</td><td>{ready}</td></tr>",
+             <td class=\"n\" data-worker>{worker}</td><td>{addr}</td><td class=\"n\">{age}</td>\
+             <td class=\"n\">{offset}</td><td>{ready}</td></tr>",
             class = if r.me { " class=\"me\"" } else { "" },
             id = escape(&n.node_id),
             me = if r.me { " (this node)" } else { "" },
             dc = n.dc_id,
             addr = escape(&n.addr),
-            age = age / 1000.0,
-            offset = n.clock_offset_ms,
+            age = age(s.now_ms, n.heartbeat_ms),
+            offset = signed_ms(n.clock_offset_ms),
             ready = ready_badge(&r.ready),
         );
     }
@@ -514,6 +530,7 @@ mod tests {
             r#"data-ready="unreachable">no answer"#,
             r#"data-ready="ok">ok</span>"#,
             "1.0 s ago",
+            "+2.5 ms",
             "<code>INV-{year}-{SEQ:6}</code>",
             "reset yearly",
             "<td class=\"n\" data-issued>42</td>",
@@ -528,6 +545,8 @@ mod tests {
         let html = render(&down);
         assert!(html.contains("cannot read the node registry: etcd timed out"));
         assert!(html.contains("standalone: static worker ID"));
+        assert_eq!(signed_ms(-0.01), "+0.0 ms");
+        assert_eq!(age(1_000, 3_500), "2.5 s ahead");
     }
 
     #[test]
