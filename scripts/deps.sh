@@ -95,3 +95,23 @@ ensure_coverage_deps() {
     return 1
   fi
 }
+
+# What the operators' checks need (scripts/check-ops.sh, tests/status_page.rs): promtool
+# (Debian's prometheus), Chromium and chromedriver (Debian's chromium, chromium-driver),
+# kubernetes-validate and PyYAML (PyPI), and kubectl for `kubectl kustomize` (on this
+# project's machines it comes with the image: Debian's own kubernetes-client is 1.20, too
+# old for the kustomizations, and kustomize has no Debian or PyPI package).
+ensure_ops_deps() {
+  command -v promtool >/dev/null 2>&1 || apt_install prometheus || true
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    apt_install chromium chromium-driver || true
+  fi
+  command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
+  python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+  hash -r
+  require promtool
+  require chromium
+  require chromedriver
+  require kubernetes-validate
+  require kubectl
+}

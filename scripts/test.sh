@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test of numgen, installing what the tests need when it is missing (protoc,
-# etcd, faketime, hurl, k6, hadolint, cargo-llvm-cov; see scripts/deps.sh):
+# etcd, faketime, hurl, k6, hadolint, cargo-llvm-cov, promtool, chromium, kubernetes-validate;
+# see scripts/deps.sh):
 #   1. formatting and clippy (warnings are errors),
 #   2. cargo test --release under cargo llvm-cov (line coverage): unit and property tests,
 #      in-process server tests, the store conformance suite on redb and on a real etcd,
 #      black-box HTTP tests against the real binary (standalone and cluster), concurrency,
-#      crash (kill -9) and clock fault-injection (libfaketime) tests. The binary the tests
+#      crash (kill -9) and clock fault-injection (libfaketime) tests, and the status page
+#      in headless Chromium (tests/status_page.rs). The binary the tests
 #      spawn is instrumented too (cargo llvm-cov sets LLVM_PROFILE_FILE for the tests and
 #      their children), so its lines count. The tests run once, only here.
 #   3. the hurl suites against a freshly started, plain (uninstrumented) release binary,
 #   4. short checks: k6 scenarios (short durations; recovery.js restarts a real etcd under
-#      a cluster-mode node), the Dockerfile lint, and one pass of
-#      the criterion benchmarks (they must build and run; no timing is judged here),
+#      a cluster-mode node), the Dockerfile lint, the operators' checks (scripts/check-ops.sh:
+#      promtool on the alert rules and on live /metrics, the Grafana dashboard against
+#      those metrics, the Kubernetes manifests through kustomize and kubernetes-validate),
+#      and one pass of the criterion benchmarks (they must build and run; no timing is
+#      judged here),
 #   5. the coverage report: the per-file table and the total; the run fails when line
 #      coverage is below COVERAGE_MIN (85) percent.
 # Every server it starts listens on 127.0.0.1 and is stopped by its PID. Under CI=true a
@@ -27,6 +32,7 @@ step() { printf '\n=== %s (%ss)\n' "$*" "$(( $(date +%s) - started ))"; }
 step "dependencies"
 ensure_test_deps
 ensure_coverage_deps
+ensure_ops_deps
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -54,6 +60,9 @@ SKIP_BUILD=1 scripts/run-k6.sh k6/recovery.js
 
 step "Dockerfile lint"
 hadolint Dockerfile
+
+step "operators: promtool (rules, live metrics), Grafana dashboard, Kubernetes manifests"
+SKIP_BUILD=1 scripts/check-ops.sh
 
 step "benchmarks build and run once"
 cargo bench --quiet --bench engine -- --test >/dev/null

@@ -7,11 +7,19 @@ use clap::Parser;
 use numgen::clock::{Clock, SystemClock};
 use numgen::config::{Cli, Command, Config, LogFormat, Settings};
 
+/// Colour (ANSI escape codes) only for a person at a terminal: a log written to a file or
+/// a pipe stays plain text, and `NO_COLOR` turns colour off anywhere.
+fn log_in_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(log_in_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

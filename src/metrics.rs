@@ -1,6 +1,9 @@
 //! Every metric numgen exports (SPEC section 6), in one registry. Handles are created once
 //! and cloned into the parts that update them, so the hot path touches atomics only.
 
+use std::collections::HashMap;
+
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -21,8 +24,8 @@ pub struct Metrics {
     pub issued: IntCounterVec,
     /// `numgen_degraded_total{reason}`
     pub degraded: IntCounterVec,
-    /// `numgen_clock_offset_ms`: this node's clock minus the peers' median.
-    pub clock_offset_ms: Gauge,
+    /// `numgen_clock_offset_seconds`: this node's clock minus the peers' median.
+    pub clock_offset: Gauge,
     /// `numgen_clock_forward_jumps_total`
     pub clock_forward_jumps: IntCounter,
     /// `numgen_worker_id`: -1 when none is held.
@@ -37,6 +40,20 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `numgen_prefixes`: registered prefix configs.
     pub prefixes: IntGauge,
+    /// `numgen_numbers_degraded_total{prefix}`: degraded numbers by prefix (the cause is in
+    /// `numgen_degraded_total`). A prefix's series appears with its first degraded number.
+    pub degraded_by_prefix: IntCounterVec,
+    /// `numgen_layout_seconds_left`: until the timestamp field runs out; set at each scrape.
+    pub layout_seconds_left: Gauge,
+    /// `numgen_ready`: 1 when `/ready` would answer 200; set at each scrape.
+    pub ready: IntGauge,
+    /// `numgen_http_errors_total{route,code}`: error responses by SPEC 3.5 code, so that
+    /// a store failure (`STORAGE_UNAVAILABLE`) tells apart from a node that is not ready.
+    pub http_errors: IntCounterVec,
+    /// `numgen_http_connections`: open HTTP connections.
+    pub connections: IntGauge,
+    /// `numgen_http_connections_accepted_total`
+    pub connections_accepted: IntCounter,
 }
 
 impl Metrics {
@@ -53,9 +70,9 @@ impl Metrics {
             ),
             &["reason"],
         )?;
-        let clock_offset_ms = Gauge::new(
-            "numgen_clock_offset_ms",
-            "This node's clock minus the median of its peers' clocks, in ms",
+        let clock_offset = Gauge::new(
+            "numgen_clock_offset_seconds",
+            "This node's clock minus the median of its peers' clocks",
         )?;
         let clock_forward_jumps = IntCounter::new(
             "numgen_clock_forward_jumps_total",
@@ -86,9 +103,36 @@ impl Metrics {
             &["route"],
         )?;
         let prefixes = IntGauge::new("numgen_prefixes", "Registered prefix configs")?;
+        let degraded_by_prefix = IntCounterVec::new(
+            Opts::new(
+                "numgen_numbers_degraded_total",
+                "Numbers issued with the degraded bit, by prefix",
+            ),
+            &["prefix"],
+        )?;
+        let layout_seconds_left = Gauge::new(
+            "numgen_layout_seconds_left",
+            "Time until the ID layout's timestamp field runs out",
+        )?;
+        let ready = IntGauge::new(
+            "numgen_ready",
+            "1 when normal numbers can be issued (GET /ready answers 200)",
+        )?;
+        let http_errors = IntCounterVec::new(
+            Opts::new(
+                "numgen_http_errors_total",
+                "HTTP error responses, by route and error code",
+            ),
+            &["route", "code"],
+        )?;
+        let connections = IntGauge::new("numgen_http_connections", "Open HTTP connections")?;
+        let connections_accepted = IntCounter::new(
+            "numgen_http_connections_accepted_total",
+            "HTTP connections accepted",
+        )?;
         registry.register(Box::new(issued.clone()))?;
         registry.register(Box::new(degraded.clone()))?;
-        registry.register(Box::new(clock_offset_ms.clone()))?;
+        registry.register(Box::new(clock_offset.clone()))?;
         registry.register(Box::new(clock_forward_jumps.clone()))?;
         registry.register(Box::new(worker_id.clone()))?;
         registry.register(Box::new(lease_healthy.clone()))?;
@@ -96,6 +140,12 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(prefixes.clone()))?;
+        registry.register(Box::new(degraded_by_prefix.clone()))?;
+        registry.register(Box::new(layout_seconds_left.clone()))?;
+        registry.register(Box::new(ready.clone()))?;
+        registry.register(Box::new(http_errors.clone()))?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
         worker_id.set(-1);
         for reason in DegradeReason::ALL {
             degraded.with_label_values(&[reason.as_str()]);
@@ -104,7 +154,7 @@ impl Metrics {
             registry,
             issued,
             degraded,
-            clock_offset_ms,
+            clock_offset,
             clock_forward_jumps,
             worker_id,
             lease_healthy,
@@ -112,12 +162,34 @@ impl Metrics {
             http_requests,
             http_duration,
             prefixes,
+            degraded_by_prefix,
+            layout_seconds_left,
+            ready,
+            http_errors,
+            connections,
+            connections_accepted,
         })
     }
 
     /// The degraded counter of each reason, in [`DegradeReason::ALL`] order.
     pub fn degraded_counters(&self) -> [IntCounter; 3] {
         DegradeReason::ALL.map(|r| self.degraded.with_label_values(&[r.as_str()]))
+    }
+
+    /// The value of each `prefix` label's series of `vec` (summed over other labels),
+    /// read without creating a series.
+    pub fn by_prefix(vec: &IntCounterVec) -> HashMap<String, u64> {
+        let mut out = HashMap::new();
+        for family in vec.collect() {
+            for m in family.get_metric() {
+                let prefix = m.get_label().iter().find(|l| l.name() == "prefix");
+                if let Some(p) = prefix {
+                    *out.entry(p.value().to_string()).or_default() +=
+                        m.get_counter().get_value() as u64;
+                }
+            }
+        }
+        out
     }
 
     /// Prometheus text exposition of every metric. Writing into a `Vec` cannot fail on
@@ -147,7 +219,11 @@ mod tests {
             "numgen_numbers_issued_total{mode=\"snowflake\",prefix=\"ORDERS\"} 1",
             "numgen_degraded_total{reason=\"clock_backward\"} 0",
             "numgen_degraded_total{reason=\"lease_lost\"} 0",
-            "numgen_clock_offset_ms 0",
+            "numgen_clock_offset_seconds 0",
+            "numgen_layout_seconds_left 0",
+            "numgen_ready 0",
+            "numgen_http_connections 0",
+            "numgen_http_connections_accepted_total 0",
             "numgen_worker_id -1",
             "numgen_lease_healthy 0",
             "numgen_sequence_blocks_reserved_total{prefix=\"INV\"} 1",
@@ -156,5 +232,19 @@ mod tests {
         ] {
             assert!(text.contains(name), "missing {name}");
         }
+    }
+
+    #[test]
+    fn counts_by_prefix_sum_the_other_labels_and_create_nothing() {
+        let m = Metrics::new().unwrap();
+        m.issued.with_label_values(&["A", "snowflake"]).inc_by(3);
+        m.issued.with_label_values(&["B", "sequence"]).inc_by(5);
+        m.degraded_by_prefix.with_label_values(&["A"]).inc_by(2);
+        let issued = Metrics::by_prefix(&m.issued);
+        assert_eq!((issued["A"], issued["B"]), (3, 5));
+        let degraded = Metrics::by_prefix(&m.degraded_by_prefix);
+        assert_eq!((degraded.get("A"), degraded.get("B")), (Some(&2), None));
+        let text = String::from_utf8(m.encode().unwrap()).unwrap();
+        assert!(!text.contains(r#"numgen_numbers_degraded_total{prefix="B"}"#));
     }
 }

@@ -18,10 +18,10 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::etcd::Etcd;
+use common::faketime::FakeClock;
 use common::server::{Client, Resp, Server, ServerOpts, assert_error, random_token};
 use serde_json::Value;
 
@@ -47,66 +47,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
             "timed out after {timeout:?}: {what}"
         );
         std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// libfaketime
-
-fn libfaketime() -> Option<PathBuf> {
-    let arch = std::env::consts::ARCH;
-    [
-        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1"),
-        "/usr/lib/faketime/libfaketime.so.1".to_string(),
-        "/usr/local/lib/faketime/libfaketime.so.1".to_string(),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .find(|p| p.is_file())
-}
-
-/// The wall-clock offset of one numgen process, moved by rewriting a file.
-struct FakeClock {
-    lib: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl FakeClock {
-    /// A clock file holding `offset` (libfaketime syntax: `+0`, `-10s`, `-0.003`); `None`
-    /// (after saying so) when libfaketime is not installed and this is not CI.
-    fn new(offset: &str) -> Option<FakeClock> {
-        let Some(lib) = libfaketime() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("libfaketime is not installed (Debian package `faketime`); CI needs it");
-            }
-            println!("skipping: libfaketime not installed (Debian package `faketime`)");
-            return None;
-        };
-        let clock = FakeClock {
-            lib,
-            dir: tempfile::tempdir().expect("temp dir for the clock file"),
-        };
-        clock.set(offset);
-        Some(clock)
-    }
-
-    fn file(&self) -> PathBuf {
-        self.dir.path().join("offset")
-    }
-
-    /// Moves the clock: the file is replaced atomically.
-    fn set(&self, offset: &str) {
-        let tmp = self.dir.path().join("offset.tmp");
-        std::fs::write(&tmp, format!("{offset}\n")).expect("write the clock file");
-        std::fs::rename(&tmp, self.file()).expect("replace the clock file");
-    }
-
-    /// `opts` with libfaketime preloaded and reading this clock's file.
-    fn apply(&self, opts: ServerOpts) -> ServerOpts {
-        opts.env("LD_PRELOAD", self.lib.display().to_string())
-            .env("FAKETIME_TIMESTAMP_FILE", self.file().display().to_string())
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
     }
 }
 
@@ -260,6 +200,11 @@ fn wait_ready(s: &Server, timeout: Duration) {
 }
 
 /// The value of one series (`name{labels}` exactly as exported) in `/metrics`.
+/// `numgen_clock_offset_seconds`, in ms.
+fn offset_ms(s: &Server) -> f64 {
+    metric(s, "numgen_clock_offset_seconds") * 1000.0
+}
+
 fn metric(s: &Server, series: &str) -> f64 {
     let text = s.get("/metrics").text();
     text.lines()
@@ -631,7 +576,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
         (state.as_str(), reasons),
         ("degraded", vec!["clock_skew".to_string()])
     );
-    let offset = metric(&fast, "numgen_clock_offset_ms");
+    let offset = offset_ms(&fast);
     assert!(
         (offset - 5_000.0).abs() < 500.0,
         "fast node offset {offset}"
@@ -644,7 +589,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
     });
     for peer in [&a, &b] {
         assert_eq!(ready(peer).0, 200, "a peer of the fast node stays ready");
-        let o = metric(peer, "numgen_clock_offset_ms");
+        let o = offset_ms(peer);
         assert!(o.abs() < 500.0, "peer offset {o}");
     }
     for round in 0..5 {
@@ -694,7 +639,7 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
         "{:?}",
         after.iter().find(|d| d.degraded)
     );
-    let offset = metric(&fast, "numgen_clock_offset_ms");
+    let offset = offset_ms(&fast);
     assert!(offset.abs() < 500.0, "offset after the fix {offset}");
     wait_for("the fixed offset is published", SETTLE, || {
         (published_offset(&a, &fast)?.abs() < 500.0).then_some(())

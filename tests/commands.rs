@@ -89,3 +89,58 @@ fn a_start_up_failure_exits_1_with_the_cause() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot bind"), "{}", stderr(&out));
 }
+
+/// `numgen serve` on a port that is taken: it logs the failure (at ERROR, through the
+/// text log) and exits 1. Returns everything it wrote, run as `sh -c` by `wrap`.
+fn failed_start_output(wrap: impl FnOnce(&str) -> Command) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let serve = format!(
+        "NUMGEN_LOG_FORMAT=text '{}' serve --listen {addr} --data-dir '{}'",
+        env!("CARGO_BIN_EXE_numgen"),
+        dir.path().display()
+    );
+    let mut cmd = wrap(&serve);
+    cmd.env_remove("NO_COLOR");
+    let out = cmd.output().expect("run numgen");
+    let text = format!("{}{}", stderr(&out), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        text.contains("ERROR") && text.contains("cannot bind"),
+        "{text:?}"
+    );
+    text
+}
+
+#[test]
+fn text_logs_to_a_pipe_or_file_carry_no_colour_codes() {
+    let piped = failed_start_output(|serve| {
+        let mut c = Command::new("sh");
+        c.args(["-c", serve]);
+        c
+    });
+    assert!(
+        !piped.contains('\x1b'),
+        "escape codes in a piped log: {piped:?}"
+    );
+}
+
+#[test]
+fn text_logs_on_a_terminal_are_coloured_unless_no_color() {
+    // `script` (util-linux) runs the command on a pseudo-terminal and copies what it wrote.
+    let on_tty = |serve: &str| {
+        let mut c = Command::new("script");
+        c.args(["-qec", serve, "/dev/null"]);
+        c
+    };
+    let coloured = failed_start_output(on_tty);
+    assert!(
+        coloured.contains("\x1b["),
+        "no colour on a terminal: {coloured:?}"
+    );
+    let plain = failed_start_output(|serve| on_tty(&format!("NO_COLOR=1 {serve}")));
+    assert!(
+        !plain.contains('\x1b'),
+        "colour despite NO_COLOR: {plain:?}"
+    );
+}

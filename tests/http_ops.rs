@@ -222,7 +222,10 @@ fn metrics_have_the_spec_names_and_route_patterns_as_labels() {
         "numgen_degraded_total{reason=\"clock_backward\"} 0",
         "numgen_degraded_total{reason=\"clock_skew\"} 0",
         "numgen_degraded_total{reason=\"lease_lost\"} 0",
-        "numgen_clock_offset_ms ",
+        "numgen_clock_offset_seconds ",
+        "numgen_layout_seconds_left ",
+        "numgen_ready 1",
+        "numgen_http_connections ",
         "numgen_worker_id 5",
         "numgen_lease_healthy 1",
         "numgen_sequence_blocks_reserved_total{prefix=\"MSEQ\"} ",
@@ -252,6 +255,7 @@ fn metrics_have_the_spec_names_and_route_patterns_as_labels() {
                 "/ready",
                 "/metrics",
                 "/cluster/nodes",
+                "/",
             ];
             assert!(
                 known.contains(&route) || !route.starts_with('/'),

@@ -5,13 +5,15 @@
 //!   the fence ([`EtcdCluster`], [`lease::run_lease`]);
 //! - [`registry`]: the node registry, each node's entry at the worker key it holds;
 //! - [`watch`]: prefix configs shared by watch, into a [`watch::ConfigSink`];
-//! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check).
+//! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check);
+//! - [`peer`]: a one-shot GET of a peer's JSON route (its `/ready` on the status page).
 //!
 //! Every period, deadline and retry wait comes from `crate::timing`.
 //!
 //! Every etcd key comes from `store::etcd::Keys`.
 
 pub mod lease;
+pub mod peer;
 pub mod registry;
 pub mod skew;
 pub mod skew_monitor;
@@ -42,6 +44,10 @@ pub struct NodeInfo {
 pub trait ClusterView: Send + Sync + 'static {
     /// Every live node.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// This node's `node_id`, as [`ClusterView::nodes`] lists it.
+    fn node_id(&self) -> &str;
+    /// True in cluster mode (etcd), false standalone.
+    fn clustered(&self) -> bool;
 }
 
 /// Standalone: this node alone, with its configured worker ID.
@@ -64,6 +70,14 @@ impl ClusterView for Standalone {
             heartbeat_ms: self.clock.now_ms(),
             clock_offset_ms: 0.0,
         }])
+    }
+
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn clustered(&self) -> bool {
+        false
     }
 }
 

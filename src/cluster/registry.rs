@@ -105,4 +105,12 @@ impl ClusterView for NodeRegistry {
         nodes.sort_by_key(|n: &NodeInfo| (n.dc_id, n.worker_id));
         Ok(nodes)
     }
+
+    fn node_id(&self) -> &str {
+        &self.me.node_id
+    }
+
+    fn clustered(&self) -> bool {
+        true
+    }
 }

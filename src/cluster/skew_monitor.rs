@@ -39,7 +39,7 @@ pub async fn watch_skew(
             continue;
         };
         registry.set_offset(offset);
-        metrics.clock_offset_ms.set(offset);
+        metrics.clock_offset.set(offset / 1000.0);
         node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);
     }
 }

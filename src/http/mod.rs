@@ -6,6 +6,7 @@
 //! - `numbers`: the numbers route, rendered straight into the response buffer.
 //! - `admin`: the bearer-token check and `/prefix-configs`.
 //! - [`ops`]: `/ids`, `/health`, `/ready`, `/metrics`, `/cluster/nodes`.
+//! - [`status`]: `/`, the status page for operators (HTML).
 //! - [`error`]: [`error::ApiError`] and its one match to status and code (SPEC 3.5).
 
 mod admin;
@@ -14,6 +15,7 @@ mod numbers;
 pub mod ops;
 mod request;
 mod router;
+pub mod status;
 #[cfg(test)]
 mod tests;
 
@@ -75,11 +77,13 @@ pub async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let open = OpenConnection::new(state.connections());
                 let state = state.clone();
                 let svc = service_fn(move |req| router::call(&state, req, peer));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -94,6 +98,23 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+/// One open connection in `numgen_http_connections`, for as long as it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new((open, accepted): (prometheus::IntGauge, prometheus::IntCounter)) -> OpenConnection {
+        accepted.inc();
+        open.inc();
+        OpenConnection(open)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

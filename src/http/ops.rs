@@ -1,5 +1,5 @@
 //! What operators and peers ask (SPEC 3.3): `/ids/{id}`, `/health`, `/ready`,
-//! `/metrics`, `/cluster/nodes`.
+//! `/metrics`, `/cluster/nodes`. The status page `/` is [`super::status`].
 
 use http::StatusCode;
 use serde_json::json;
@@ -10,6 +10,7 @@ use crate::cluster::ClusterView;
 use crate::id::{Decoded, Layout};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::service::Service;
 
 /// The JSON form of a decoded ID, as `/ids/{id}` and `numgen decode` show it: the ID as a
 /// string (JavaScript loses integers above 2^53), its time also as RFC 3339.
@@ -60,9 +61,20 @@ pub fn ready(node: &Node) -> HttpResponse {
     json_response(status, &json!({ "status": r.status, "reasons": r.reasons }))
 }
 
+/// The gauges that are read at each scrape: readiness and the layout's time left.
+fn refresh_gauges(node: &Node, metrics: &Metrics) {
+    metrics.ready.set(i64::from(node.readiness().is_ready()));
+    let left_ms = node
+        .layout()
+        .expires_at_ms()
+        .saturating_sub(node.clock().now_ms());
+    metrics.layout_seconds_left.set(left_ms as f64 / 1000.0);
+}
+
 /// `GET /metrics`, encoded off the runtime threads: thousands of series take a while.
-pub async fn metrics(metrics: &Metrics) -> Result<HttpResponse, ApiError> {
-    let m = metrics.clone();
+pub async fn metrics(service: &Service) -> Result<HttpResponse, ApiError> {
+    refresh_gauges(service.node(), service.metrics());
+    let m = service.metrics().clone();
     let text = tokio::task::spawn_blocking(move || m.encode())
         .await
         .map_err(|e| ApiError::Internal(format!("the metrics encoder did not finish: {e}")))?

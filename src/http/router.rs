@@ -19,7 +19,7 @@ use prometheus::{Histogram, IntCounter};
 use super::error::ApiError;
 use super::numbers::{self, Begun};
 use super::request::declared_too_large;
-use super::{HttpResponse, admin, ops};
+use super::{HttpResponse, admin, ops, status};
 use crate::cluster::ClusterView;
 use crate::service::Service;
 
@@ -33,12 +33,13 @@ enum RouteId {
     Ready,
     Metrics,
     ClusterNodes,
+    Status,
     Unmatched,
 }
 
 impl RouteId {
     /// Every route, in declaration order: `ALL[r as usize] == r`.
-    const ALL: [RouteId; 9] = [
+    const ALL: [RouteId; 10] = [
         RouteId::Numbers,
         RouteId::PrefixConfig,
         RouteId::PrefixConfigs,
@@ -47,6 +48,7 @@ impl RouteId {
         RouteId::Ready,
         RouteId::Metrics,
         RouteId::ClusterNodes,
+        RouteId::Status,
         RouteId::Unmatched,
     ];
 
@@ -61,6 +63,7 @@ impl RouteId {
             RouteId::Ready => "/ready",
             RouteId::Metrics => "/metrics",
             RouteId::ClusterNodes => "/cluster/nodes",
+            RouteId::Status => "/",
             RouteId::Unmatched => "unmatched",
         }
     }
@@ -75,7 +78,8 @@ impl RouteId {
             | RouteId::Health
             | RouteId::Ready
             | RouteId::Metrics
-            | RouteId::ClusterNodes => "GET, HEAD",
+            | RouteId::ClusterNodes
+            | RouteId::Status => "GET, HEAD",
             RouteId::Unmatched => "",
         }
     }
@@ -101,6 +105,7 @@ fn route_of(path: &str) -> (RouteId, Option<&str>) {
         _ => path,
     };
     match path {
+        "/" => (RouteId::Status, None),
         "/health" => (RouteId::Health, None),
         "/ready" => (RouteId::Ready, None),
         "/metrics" => (RouteId::Metrics, None),
@@ -174,11 +179,22 @@ impl HttpState {
             Ok(resp) => resp,
             Err(e) => {
                 e.log(route.label(), method, path);
+                self.service
+                    .metrics()
+                    .http_errors
+                    .with_label_values(&[route.label(), e.code()])
+                    .inc();
                 e.into_response()
             }
         };
         self.record(route, resp.status(), started);
         resp
+    }
+
+    /// `numgen_http_connections` and `numgen_http_connections_accepted_total`.
+    pub(super) fn connections(&self) -> (prometheus::IntGauge, prometheus::IntCounter) {
+        let m = self.service.metrics();
+        (m.connections.clone(), m.connections_accepted.clone())
     }
 
     fn record(&self, route: RouteId, status: StatusCode, started: Instant) {
@@ -291,8 +307,12 @@ async fn dispatch(
         RouteId::Ids => ops::decode(service.node().layout(), param.unwrap_or_default()),
         RouteId::Health => Ok(ops::health(service.node())),
         RouteId::Ready => Ok(ops::ready(service.node())),
-        RouteId::Metrics => Box::pin(ops::metrics(service.metrics())).await,
+        RouteId::Metrics => Box::pin(ops::metrics(service)).await,
         RouteId::ClusterNodes => Box::pin(ops::cluster_nodes(state.cluster.as_ref())).await,
+        RouteId::Status => {
+            let snapshot = Box::pin(status::gather(service, state.cluster.as_ref())).await;
+            Ok(status::response(&snapshot))
+        }
         RouteId::Unmatched => Err(ApiError::NotFound(format!(
             "no route for {} {}",
             parts.method,
@@ -320,6 +340,9 @@ mod tests {
         );
         assert_eq!(route_of("/prefix-configs").0, RouteId::PrefixConfigs);
         assert_eq!(route_of("/ids/12"), (RouteId::Ids, Some("12")));
+        assert_eq!(route_of("/"), (RouteId::Status, None));
+        assert_eq!(route_of("/api/"), (RouteId::Status, None));
+        assert_eq!(route_of("").0, RouteId::Unmatched);
         for p in ["/health", "/ready", "/metrics", "/cluster/nodes"] {
             assert_ne!(route_of(p).0, RouteId::Unmatched);
             assert_ne!(route_of(&format!("/api{p}")).0, RouteId::Unmatched);

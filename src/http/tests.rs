@@ -69,6 +69,19 @@ async fn send(
 async fn start(
     dir: &tempfile::TempDir,
 ) -> (std::net::SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let (addr, stop, server, _) = start_with_service(dir).await;
+    (addr, stop, server)
+}
+
+/// [`start`], and the service it serves.
+async fn start_with_service(
+    dir: &tempfile::TempDir,
+) -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<()>,
+    Arc<crate::service::Service>,
+) {
     let clock = Arc::new(ManualClock::new(T0));
     let service = Arc::new(service(dir, clock.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,12 +93,12 @@ async fn start(
         worker: 1,
         clock,
     });
-    let state = Arc::new(HttpState::new(service, TOKEN.into(), cluster));
+    let state = Arc::new(HttpState::new(service.clone(), TOKEN.into(), cluster));
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async {
         let _ = stopped.await;
     }));
-    (addr, stop, server)
+    (addr, stop, server, service)
 }
 
 #[tokio::test]
@@ -162,6 +175,88 @@ async fn every_route_and_error_in_process() {
         r#"numgen_http_requests_total{route="/metrics",status="200"} 1"#,
     ] {
         assert!(metrics.contains(counted), "no {counted}:\n{metrics}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_status_page_shows_prefixes_with_their_counts_and_a_degraded_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, server, service) = start_with_service(&dir).await;
+    let get = |path: &'static str| send(addr, "GET", path, None, Vec::new());
+    for (key, body) in [
+        ("SNOW", r#"{"format":"SN-{SEQ:19}"}"#),
+        (
+            "INV",
+            r#"{"format":"INV-{year}-{SEQ:6}","mode":"sequence","reset":"yearly"}"#,
+        ),
+    ] {
+        let path = format!("/prefix-configs/{key}");
+        let r = send(addr, "POST", &path, None, body.as_bytes().to_vec()).await;
+        assert_eq!(r.0, 200, "{r:?}");
+    }
+    assert_eq!(get("/numbers/SNOW?count=5").await.0, 200);
+    assert_eq!(get("/numbers/INV?count=3").await.0, 200);
+    let (status, content_type, html) = get("/").await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "text/html; charset=utf-8")
+    );
+    for piece in [
+        r#"<tr data-prefix="INV"><td><code>INV</code></td><td>sequence <span class="muted">reset yearly</span></td>"#,
+        r#"<td class="n" data-issued>3</td>"#,
+        r#"<td class="n" data-issued>5</td>"#,
+        r#"data-ready="ok">ok</span>"#,
+        "1 (datacenter 0)",
+        "standalone: static worker ID",
+        "<code>in-process</code> (this node)",
+    ] {
+        assert!(html.contains(piece), "no {piece:?} in {html}");
+    }
+    assert!(!html.contains(" degraded\" data-degraded"), "{html}");
+
+    // Lease lost under `degrade`: the node says so, and the prefix counts its degraded numbers.
+    service.node().set_lease_lost(true);
+    let (_, _, body) = get("/numbers/SNOW?count=4").await;
+    assert!(body.contains(r#""degraded":true"#), "{body}");
+    let (_, _, html) = get("/api/").await;
+    for piece in [
+        r#"data-ready="degraded">degraded: lease_lost"#,
+        r#"<td class="n degraded" data-degraded>4</td>"#,
+        "lease_lost 4",
+    ] {
+        assert!(html.contains(piece), "no {piece:?} in {html}");
+    }
+    let (_, _, metrics) = get("/metrics").await;
+    for want in [
+        r#"numgen_numbers_degraded_total{prefix="SNOW"} 4"#,
+        "numgen_ready 0",
+        "numgen_http_connections_accepted_total ",
+        "numgen_layout_seconds_left 2",
+    ] {
+        assert!(metrics.contains(want), "no {want} in {metrics}");
+    }
+    assert!(!metrics.contains(r#"numgen_numbers_degraded_total{prefix="INV"}"#));
+    let (status, _, _) = send(addr, "POST", "/", None, Vec::new()).await;
+    assert_eq!(status, 405);
+    let _ = stop.send(());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn error_responses_are_counted_by_route_and_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let (addr, stop, server) = start(&dir).await;
+    send(addr, "GET", "/numbers/NOPE", None, Vec::new()).await;
+    send(addr, "GET", "/numbers/NOPE", None, Vec::new()).await;
+    send(addr, "GET", "/nope", None, Vec::new()).await;
+    let (_, _, metrics) = send(addr, "GET", "/metrics", None, Vec::new()).await;
+    for want in [
+        r#"numgen_http_errors_total{code="PREFIX_NOT_REGISTERED",route="/numbers/{key}"} 2"#,
+        r#"numgen_http_errors_total{code="NOT_FOUND",route="unmatched"} 1"#,
+    ] {
+        assert!(metrics.contains(want), "no {want} in {metrics}");
     }
     let _ = stop.send(());
     server.await.unwrap();

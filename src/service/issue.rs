@@ -218,9 +218,25 @@ impl Service {
                 sink.push(&entry.template, &ctx, id, degraded);
             }
             entry.issued.inc_by(issued.batch.count);
+            if degraded {
+                self.count_degraded(entry, issued.batch.count);
+            }
             *left -= issued.batch.count;
         }
         Ok(None)
+    }
+
+    /// Counts `n` degraded numbers of `entry`'s prefix (the status page shows them).
+    #[cold]
+    fn count_degraded(&self, entry: &Entry, n: u64) {
+        entry
+            .degraded
+            .get_or_init(|| {
+                self.metrics()
+                    .degraded_by_prefix
+                    .with_label_values(&[&entry.key])
+            })
+            .inc_by(n);
     }
 
     /// The rest of a snowflake request that had to wait: for the clock (at most about a

@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
@@ -36,6 +36,8 @@ pub struct Entry {
     pub(super) kind: Kind,
     /// `numgen_numbers_issued_total{prefix,mode}`, looked up once.
     pub(super) issued: IntCounter,
+    /// `numgen_numbers_degraded_total{prefix}`, looked up at the first degraded number.
+    pub(super) degraded: OnceLock<IntCounter>,
 }
 
 /// Where a prefix's numbers come from.
@@ -169,6 +171,7 @@ impl Registry {
             template,
             kind,
             issued,
+            degraded: OnceLock::new(),
         })
     }
 

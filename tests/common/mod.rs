@@ -3,12 +3,15 @@
 //! proxy the test controls ([`proxy`]: cut, delay, reset) and a checker over every number
 //! a test got back ([`history`]); the HTTP API tests' body readers ([`api`]); nodes of
 //! one etcd-backed cluster and the helpers the `cluster_*` tests read them with
-//! ([`cluster`]).
+//! ([`cluster`]); a clock moved by libfaketime ([`faketime`]); headless Chromium over
+//! WebDriver ([`browser`]).
 #![allow(dead_code)]
 
 pub mod api;
+pub mod browser;
 pub mod cluster;
 pub mod etcd;
+pub mod faketime;
 pub mod history;
 pub mod proxy;
 pub mod rng;
