@@ -4,7 +4,7 @@
     scripts/check-k8s.py split ALL.yaml DIR        one file per rendered object, NN-kind-name.yaml
     scripts/check-k8s.py check STANDALONE.yaml CLUSTER.yaml
 
-`check` reads the two rendered overlays (`kubectl kustomize deploy/k8s/overlays/...`) and
+`check` reads the two rendered overlays (`kustomize build deploy/k8s/overlays/...`) and
 fails (exit 1, listing why) unless: every container runs as non-root with a read-only root
 filesystem, no privilege escalation and every capability dropped, with memory requests and
 limits; numgen is probed on /health (liveness) and /ready (readiness), pauses in preStop

