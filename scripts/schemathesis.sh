@@ -49,15 +49,14 @@ register ORDERS '{"format":"ORDER-{yy}{month}-{SEQ:19}","mode":"snowflake"}'
 register invoice.eu-1 '{"format":"INV-{year}-{SEQ:6}","mode":"sequence","initial_seq":1000}'
 
 # The status page GET / (and /api/) is documented but built on another branch (p13b, issue
-# 13): until this server serves it, it is left out here, as the router test leaves it
-# out (http::openapi::tests::BUILT_ELSEWHERE). Once it is served, this fails, so that the
-# exclusion goes.
+# 13): where this server does not serve it yet (404), it is left out, as the router test
+# leaves it out (http::openapi::tests::BUILT_ELSEWHERE); once served, it is tested too.
 exclude=()
-status_page=$(curl -s -o /dev/null -w '%{http_code} %{content_type}' "http://$ADDR/")
-case $status_page in
-404*) exclude=(--exclude-path-regex '^/(api/)?$') ;;
-*) die "GET / answers '$status_page' now: remove the status page exclusion from $0 and BUILT_ELSEWHERE from src/http/openapi.rs" ;;
-esac
+status_page=$(curl -s -o /dev/null -w '%{http_code}' "http://$ADDR/")
+if [[ $status_page == 404 ]]; then
+    echo "schemathesis.sh: GET / is not served by this build: left out"
+    exclude=(--exclude-path-regex '^/(api/)?$')
+fi
 
 seed=(--seed "$SEED")
 [[ $SEED == random ]] && seed=()
