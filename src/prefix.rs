@@ -148,12 +148,18 @@ pub enum PrefixError {
     Field(String),
 }
 
-/// `initial_seq` as a JSON number or a decimal string (IDs travel as strings).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum U64OrString {
-    Number(u64),
-    Text(String),
+/// The integer a JSON number is, also when it is written with a zero fraction (`6.0`):
+/// JSON has one number type, JSON Schema's `integer` counts `6.0` in, and some encoders
+/// write whole floats that way. A float is taken only where it is exact (up to 2^53).
+fn integral(n: &serde_json::Number) -> Option<i128> {
+    if let Some(i) = n.as_i64() {
+        return Some(i.into());
+    }
+    if let Some(u) = n.as_u64() {
+        return Some(u.into());
+    }
+    let f = n.as_f64()?;
+    (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i128)
 }
 
 /// The request body as sent. Numeric fields are wide so that out-of-range values get a
@@ -163,7 +169,7 @@ enum U64OrString {
 struct RawConfig {
     format: Option<String>,
     #[serde(alias = "seqLength")]
-    seq_length: Option<i64>,
+    seq_length: Option<serde_json::Number>,
     #[serde(alias = "initialSeq")]
     initial_seq: Option<serde_json::Value>,
     mode: Option<String>,
@@ -197,26 +203,22 @@ impl PrefixConfig {
         } = raw;
         let seq_length = seq_length
             .map(|n| {
-                u8::try_from(n)
-                    .ok()
+                integral(&n)
+                    .and_then(|i| u8::try_from(i).ok())
                     .filter(|n| (1..=MAX_SEQ_WIDTH).contains(n))
                     .ok_or_else(|| field(format!("seq_length must be from 1 to 20 (got {n})")))
             })
             .transpose()?;
+        // A JSON number or a decimal string of digits (IDs travel as strings).
         let initial_seq = match initial_seq {
-            None | Some(serde_json::Value::Null) => 0,
-            Some(v) => match serde_json::from_value::<U64OrString>(v) {
-                Ok(U64OrString::Number(n)) => n,
-                Ok(U64OrString::Text(s)) => s.parse::<u64>().map_err(|_| {
-                    field("initial_seq must be an integer from 0 to 18446744073709551615")
-                })?,
-                Err(_) => {
-                    return Err(field(
-                        "initial_seq must be an integer from 0 to 18446744073709551615",
-                    ));
-                }
-            },
-        };
+            None | Some(serde_json::Value::Null) => Some(0),
+            Some(serde_json::Value::Number(n)) => integral(&n).and_then(|i| u64::try_from(i).ok()),
+            Some(serde_json::Value::String(s)) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse::<u64>().ok()
+            }
+            Some(_) => None,
+        }
+        .ok_or_else(|| field("initial_seq must be an integer from 0 to 18446744073709551615"))?;
         let mode = match mode.as_deref() {
             None | Some("snowflake") => Mode::Snowflake,
             Some("sequence") => Mode::Sequence,
@@ -317,6 +319,28 @@ mod tests {
         }
     }
 
+    /// JSON has one number type: `6.0` is the integer 6 (JSON Schema's `integer` says so,
+    /// and schemathesis sent one), accepted wherever an integer is; a float is taken only
+    /// where it is exact.
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        let c = parse(r#"{"format":"A{SEQ}","seq_length":6.0}"#).unwrap();
+        assert_eq!(c.seq_length, 6);
+        let c = parse(r#"{"format":"A{SEQ:3}","mode":"sequence","initialSeq":1000.0}"#).unwrap();
+        assert_eq!(c.initial_seq, 1000);
+        let c = parse(
+            r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":"18446744073709551615"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.initial_seq, u64::MAX);
+        // Above 2^53 a float is not exact: a string (or a plain integer) is needed.
+        assert!(parse(r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":1e17}"#).is_err());
+        let c =
+            parse(r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":100000000000000000}"#)
+                .unwrap();
+        assert_eq!(c.initial_seq, 100_000_000_000_000_000);
+    }
+
     #[test]
     fn defaults_and_aliases() {
         let c = parse(r#"{"format":"ORD-{SEQ:6}"}"#).unwrap();
@@ -390,6 +414,19 @@ mod tests {
                 r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":"x"}"#,
                 "initial_seq must be",
             ),
+            (
+                r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":"+5"}"#,
+                "initial_seq must be",
+            ),
+            (
+                r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":1e30}"#,
+                "initial_seq must be",
+            ),
+            (
+                r#"{"format":"A{SEQ:3}","mode":"sequence","initial_seq":true}"#,
+                "initial_seq must be",
+            ),
+            (r#"{"format":"A{SEQ}","seq_length":2.5}"#, "got 2.5"),
             (
                 r#"{"format":"A{SEQ:3}","initial_seq":5}"#,
                 "initial_seq applies to mode 'sequence' only",

@@ -88,7 +88,9 @@ mod suite {
     use std::sync::Arc;
 
     use numgen::prefix::{Mode, Reset, UtcOffset};
-    use numgen::store::{SeqBlock, Store, StoreError, Written, counter_name};
+    use numgen::store::{
+        AUDIT_KEEP, AuditAction, AuditMeta, SeqBlock, Store, StoreError, Written, counter_name,
+    };
 
     use super::config;
 
@@ -253,6 +255,111 @@ mod suite {
             s.create_prefix("SNOW", &never).await.unwrap(),
             Written::ResetChange(Reset::Daily)
         );
+    }
+
+    fn by(peer: &str, time_ms: u64) -> AuditMeta {
+        AuditMeta {
+            time_ms,
+            peer: peer.to_string(),
+            token_fingerprint: "ba7816bf8f01cfea".to_string(),
+        }
+    }
+
+    /// Every accepted change is recorded, with who, when, before and after, newest first;
+    /// refused writes leave no record; records outlive DELETE; a key keeps AUDIT_KEEP.
+    pub async fn audit_history(s: Arc<dyn Store>) {
+        let first = config("INV-{SEQ:6}", Mode::Sequence);
+        let second = config("INV2-{SEQ:6}", Mode::Sequence);
+        assert_eq!(s.prefix_history("INV").await.unwrap(), vec![]);
+        let wrote = |w: Written| assert!(w.wrote(), "{w:?}");
+        wrote(
+            s.write_prefix("INV", &first, true, &by("10.0.0.1:1000", 1))
+                .await
+                .unwrap(),
+        );
+        // Refused: exists, mode change. Nothing recorded.
+        let other_mode = config("INV-{SEQ:6}", Mode::Snowflake);
+        assert_eq!(
+            s.write_prefix("INV", &second, true, &by("10.0.0.9:9", 2))
+                .await
+                .unwrap(),
+            Written::Exists
+        );
+        assert_eq!(
+            s.write_prefix("INV", &other_mode, false, &by("10.0.0.9:9", 3))
+                .await
+                .unwrap(),
+            Written::ModeChange(Mode::Sequence)
+        );
+        wrote(
+            s.write_prefix("INV", &second, false, &by("10.0.0.2:2000", 4))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            s.remove_prefix("INV", &by("10.0.0.3:3000", 5))
+                .await
+                .unwrap()
+        );
+        assert!(!s.remove_prefix("INV", &by("10.0.0.9:9", 6)).await.unwrap());
+        // Another key's records are its own.
+        wrote(
+            s.write_prefix("INV2", &first, true, &by("10.0.0.4:1", 7))
+                .await
+                .unwrap(),
+        );
+
+        let h = s.prefix_history("INV").await.unwrap();
+        let seen: Vec<_> = h
+            .iter()
+            .map(|r| (r.action, r.meta.peer.as_str(), r.meta.time_ms))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (AuditAction::Delete, "10.0.0.3:3000", 5),
+                (AuditAction::Replace, "10.0.0.2:2000", 4),
+                (AuditAction::Register, "10.0.0.1:1000", 1),
+            ]
+        );
+        assert_eq!((&h[0].before, &h[0].after), (&Some(second.clone()), &None));
+        assert_eq!(
+            (&h[1].before, &h[1].after),
+            (&Some(first.clone()), &Some(second.clone()))
+        );
+        assert_eq!((&h[2].before, &h[2].after), (&None, &Some(first.clone())));
+        assert!(
+            h.iter()
+                .all(|r| r.meta.token_fingerprint == "ba7816bf8f01cfea")
+        );
+        assert_eq!(s.prefix_history("INV2").await.unwrap().len(), 1);
+        assert_eq!(s.prefix_history("IN").await.unwrap(), vec![]);
+
+        // Registering again after DELETE (a PUT that creates) is a register, before: none.
+        wrote(
+            s.write_prefix("INV", &first, false, &by("10.0.0.5:5", 8))
+                .await
+                .unwrap(),
+        );
+        let h = s.prefix_history("INV").await.unwrap();
+        assert_eq!((h[0].action, &h[0].before), (AuditAction::Register, &None));
+
+        // The newest AUDIT_KEEP are kept.
+        for n in 0..AUDIT_KEEP as u64 + 5 {
+            let c = if n % 2 == 0 { &second } else { &first };
+            wrote(
+                s.write_prefix("INV", c, false, &by("10.0.0.6:6", 100 + n))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let h = s.prefix_history("INV").await.unwrap();
+        assert_eq!(h.len(), AUDIT_KEEP);
+        let times: Vec<u64> = h.iter().map(|r| r.meta.time_ms).collect();
+        let want: Vec<u64> = (0..AUDIT_KEEP as u64)
+            .map(|i| 104 + AUDIT_KEEP as u64 - i)
+            .collect();
+        assert_eq!(times, want);
     }
 
     pub async fn list(s: Arc<dyn Store>) {
@@ -468,6 +575,7 @@ conformance!(
     replace,
     delete_keeps_counters,
     reset_binding,
+    audit_history,
     list,
     reserve_from_initial,
     overflow,
@@ -764,6 +872,17 @@ async fn etcd_keys_follow_the_spec_layout() {
     let mut keys = dump(&mut client, "/t/").await;
     // The worker key holds this node's registry entry.
     let (worker_key, entry) = keys.pop().unwrap();
+    // The audit record of the registration: `audit/{key}/{unique id}`, a record as JSON.
+    let (audit_key, record) = keys.remove(0);
+    assert!(
+        audit_key.starts_with("/t/numgen/audit/ORDER/"),
+        "{audit_key}"
+    );
+    let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(
+        (&record["action"], &record["after"]["format"]),
+        (&"register".into(), &"ORDER-{SEQ:6}".into())
+    );
     assert_eq!(worker_key, "/t/numgen/workers/0/0");
     let entry: serde_json::Value = serde_json::from_str(&entry).unwrap();
     assert_eq!(

@@ -69,8 +69,20 @@ pub struct Config {
     pub on_clock_backward: Policy,
     pub on_lease_loss: Policy,
     pub log_format: LogFormat,
+    /// Per client address (SPEC 7); `None`: no limit.
+    pub rate_limit: Option<RateLimit>,
     pub layout: Layout,
 }
+
+/// `rate_limit_per_s` and `rate_limit_burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_s: u64,
+    pub burst: u64,
+}
+
+/// Largest `rate_limit_per_s` and `rate_limit_burst`.
+pub const MAX_RATE_LIMIT: u64 = 1_000_000;
 
 impl Settings {
     /// The settings from every source: flags and variables (`self`, from clap) over the
@@ -103,6 +115,8 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            rate_limit_per_s,
+            rate_limit_burst,
             layout,
         } = self;
         let layout = validate_layout(layout, now_ms)?;
@@ -121,6 +135,7 @@ impl Settings {
         let on_clock_backward = policy("on_clock_backward", on_clock_backward)?;
         let on_lease_loss = policy("on_lease_loss", on_lease_loss)?;
         let log_format = log_format_of(log_format)?;
+        let rate_limit = rate_limit_of(rate_limit_per_s, rate_limit_burst)?;
         let admin_token = token(admin_token)?;
         let etcd = validate_etcd(
             EtcdArgs {
@@ -148,9 +163,31 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            rate_limit,
             layout,
         })
     }
+}
+
+/// Off without `rate_limit_per_s`; the burst defaults to one second's worth.
+fn rate_limit_of(per_s: Option<u64>, burst: Option<u64>) -> Result<Option<RateLimit>, ConfigError> {
+    let Some(per_s) = per_s else {
+        return match burst {
+            Some(_) => Err(bad(
+                "rate_limit_burst",
+                "needs rate_limit_per_s (the limit is off without it)",
+            )),
+            None => Ok(None),
+        };
+    };
+    let per_s = within("rate_limit_per_s", per_s, 1, MAX_RATE_LIMIT)?;
+    let burst = within(
+        "rate_limit_burst",
+        burst.unwrap_or(per_s),
+        1,
+        MAX_RATE_LIMIT,
+    )?;
+    Ok(Some(RateLimit { per_s, burst }))
 }
 
 fn listen_addr(listen: Option<String>) -> Result<SocketAddr, ConfigError> {
@@ -396,6 +433,7 @@ mod tests {
             (Policy::Degrade, Policy::Degrade)
         );
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.rate_limit, None);
         assert!(c.etcd.is_none());
         assert_eq!(c.layout.settings(), &LayoutSettings::default());
     }
@@ -432,6 +470,12 @@ mod tests {
             ("on_clock_backward = \"panic\"", "on_clock_backward"),
             ("on_lease_loss = \"x\"", "on_lease_loss"),
             ("log_format = \"xml\"", "log_format"),
+            ("rate_limit_per_s = 0", "rate_limit_per_s"),
+            (
+                "rate_limit_per_s = 1\nrate_limit_burst = 0",
+                "rate_limit_burst",
+            ),
+            ("rate_limit_burst = 5", "rate_limit_burst"),
             ("admin_token = \"\"", "admin_token"),
             (
                 "etcd_endpoints = [\"http://127.0.0.1:2379\"]",
@@ -559,6 +603,34 @@ mod tests {
         let etcd = c.etcd.unwrap();
         assert_eq!(etcd.endpoints.len(), 2);
         assert_eq!(etcd.root, "/numgen");
+    }
+
+    #[test]
+    fn the_rate_limit_comes_from_the_file_env_or_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("numgen.toml");
+        std::fs::write(&path, "rate_limit_per_s = 50\nrate_limit_burst = 200\n").unwrap();
+        let s = parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--rate-limit-per-s",
+            "20",
+        ])
+        .unwrap();
+        let c = s.load(NOW).unwrap();
+        assert_eq!(
+            c.rate_limit,
+            Some(RateLimit {
+                per_s: 20,
+                burst: 200
+            })
+        );
+        // The burst defaults to one second's worth.
+        let c = parse(&["--rate-limit-per-s", "7"])
+            .unwrap()
+            .validate(NOW)
+            .unwrap();
+        assert_eq!(c.rate_limit, Some(RateLimit { per_s: 7, burst: 7 }));
     }
 
     #[test]

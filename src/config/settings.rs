@@ -106,6 +106,12 @@ pub struct Settings {
     /// Log format: text or json [default: text]. Level: RUST_LOG.
     #[arg(long, env = "NUMGEN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Requests a second per client address; off when unset [default: off].
+    #[arg(long, env = "NUMGEN_RATE_LIMIT_PER_S")]
+    pub rate_limit_per_s: Option<u64>,
+    /// Requests a client address may send at once (needs rate_limit_per_s) [default: rate_limit_per_s].
+    #[arg(long, env = "NUMGEN_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u64>,
     #[command(flatten)]
     #[serde(default)]
     pub layout: LayoutArgs,
@@ -176,6 +182,8 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            rate_limit_per_s,
+            rate_limit_burst,
             layout,
         } = self;
         let LayoutArgs {
@@ -207,6 +215,8 @@ impl Settings {
             on_clock_backward: on_clock_backward.or(lower.on_clock_backward),
             on_lease_loss: on_lease_loss.or(lower.on_lease_loss),
             log_format: log_format.or(lower.log_format),
+            rate_limit_per_s: rate_limit_per_s.or(lower.rate_limit_per_s),
+            rate_limit_burst: rate_limit_burst.or(lower.rate_limit_burst),
             layout: LayoutArgs {
                 epoch: epoch.or(lower.layout.epoch),
                 time_unit_ms: time_unit_ms.or(lower.layout.time_unit_ms),

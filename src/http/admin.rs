@@ -1,5 +1,7 @@
-//! `/prefix-configs` and `/prefix-configs/{key}` (SPEC 3.1): the bearer-token check, then
-//! the service's admin operations, and the bodies they answer with.
+//! `/prefix-configs`, `/prefix-configs/{key}` (SPEC 3.1) and
+//! `/prefix-configs/{key}/history` (SPEC 7): the bearer-token check, then the service's
+//! admin operations, each change with its audit record's who and when, and the bodies they
+//! answer with.
 
 use std::net::SocketAddr;
 
@@ -13,6 +15,39 @@ use super::request::{checked_key, logged_path, read_body};
 use super::{HttpResponse, json_response};
 use crate::prefix::PrefixConfig;
 use crate::service::Service;
+use crate::store::AuditMeta;
+
+/// The admin token, and the fingerprint that audit records show instead of it.
+pub struct AdminAuth {
+    token: String,
+    fingerprint: String,
+}
+
+impl AdminAuth {
+    pub fn new(token: String) -> AdminAuth {
+        let fingerprint = fingerprint(&token);
+        AdminAuth { token, fingerprint }
+    }
+
+    /// Who made a change that is being accepted now, for its audit record.
+    fn audit(&self, service: &Service, peer: SocketAddr) -> AuditMeta {
+        AuditMeta {
+            time_ms: service.node().clock().now_ms(),
+            peer: peer.to_string(),
+            token_fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+/// The first 16 hex digits of the token's SHA-256: tells tokens apart in the audit
+/// history (after a rotation, say) without showing or weakening any of them.
+pub fn fingerprint(token: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Compares without leaking, through timing, how much of the token matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -62,13 +97,13 @@ fn config_body(status: Option<&str>, key: &str, config: &PrefixConfig) -> serde_
 /// client with `token`; the router has checked that the method is allowed on the route.
 pub async fn handle(
     service: &Service,
-    token: &str,
+    auth: &AdminAuth,
     peer: SocketAddr,
     parts: &Parts,
     body: Incoming,
     param: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(token, parts, peer)?;
+    authorize(&auth.token, parts, peer)?;
     let Some(raw) = param else {
         let all = service.configs().await?;
         let list: Vec<_> = all.iter().map(|(k, c)| config_body(None, k, c)).collect();
@@ -80,23 +115,47 @@ pub async fn handle(
         let config = service.config(&key).await?;
         config_body(None, &key, &config)
     } else if *m == Method::DELETE {
-        service.delete(&key).await?;
+        service.delete(&key, &auth.audit(service, peer)).await?;
         json!({ "status": "deleted" })
     } else {
         let bytes = read_body(body).await?;
+        let audit = auth.audit(service, peer);
         let config = if *m == Method::POST {
-            service.register(&key, &bytes).await?
+            service.register(&key, &bytes, &audit).await?
         } else {
-            service.replace(&key, &bytes).await?
+            service.replace(&key, &bytes, &audit).await?
         };
         config_body(Some("registered"), &key, &config)
     };
     Ok(json_response(StatusCode::OK, &answer))
 }
 
+/// `GET /prefix-configs/{key}/history`: the key's audit records, newest first.
+pub async fn history(
+    service: &Service,
+    auth: &AdminAuth,
+    peer: SocketAddr,
+    parts: &Parts,
+    param: Option<&str>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&auth.token, parts, peer)?;
+    let key = checked_key(param.unwrap_or_default())?;
+    let records = service.history(&key).await?;
+    let list: Vec<_> = records.iter().map(|r| r.to_json()).collect();
+    let body = json!({ "prefix_key": key, "history": list });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_are_16_hex_digits_of_sha256() {
+        // printf 'abc' | sha256sum: ba7816bf8f01cfea414140de5dae2223b00361a3...
+        assert_eq!(fingerprint("abc"), "ba7816bf8f01cfea");
+        assert_ne!(fingerprint("abd"), fingerprint("abc"));
+    }
 
     #[test]
     fn token_comparison() {

@@ -28,6 +28,17 @@ pub enum ApiError {
     InvalidCount,
     #[error("Prefix '{0}' not registered")]
     PrefixNotRegistered(String),
+    /// A Leaf-compatible route asked for a prefix of the other mode: it is not registered
+    /// as the kind of ID the route promises.
+    #[error(
+        "Prefix '{key}' not registered for /api/{asked}/get/: it is a {mode} prefix; use /api/{route}/get/{key}"
+    )]
+    WrongLeafRoute {
+        key: String,
+        asked: &'static str,
+        mode: &'static str,
+        route: &'static str,
+    },
     #[error("Unauthorized")]
     Unauthorized,
     #[error("{0}")]
@@ -42,6 +53,8 @@ pub enum ApiError {
     SequenceOverflow(String),
     #[error("request body is larger than 16 KiB")]
     BodyTooLarge,
+    #[error("too many requests from this address; retry after {} s", retry_secs(*.retry_after))]
+    RateLimited { retry_after: Duration },
     #[error("not ready: {reason}")]
     NotReady {
         reason: String,
@@ -63,7 +76,8 @@ impl ApiError {
             | ApiError::InvalidConfig(_)
             | ApiError::InvalidPrefixKey(_)
             | ApiError::InvalidCount
-            | ApiError::PrefixNotRegistered(_) => StatusCode::BAD_REQUEST,
+            | ApiError::PrefixNotRegistered(_)
+            | ApiError::WrongLeafRoute { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -71,6 +85,7 @@ impl ApiError {
                 StatusCode::CONFLICT
             }
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) | ApiError::Internal(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -83,7 +98,9 @@ impl ApiError {
             ApiError::InvalidConfig(_) => "INVALID_CONFIG",
             ApiError::InvalidPrefixKey(_) => "INVALID_PREFIX_KEY",
             ApiError::InvalidCount => "INVALID_COUNT",
-            ApiError::PrefixNotRegistered(_) => "PREFIX_NOT_REGISTERED",
+            ApiError::PrefixNotRegistered(_) | ApiError::WrongLeafRoute { .. } => {
+                "PREFIX_NOT_REGISTERED"
+            }
             ApiError::Unauthorized => "UNAUTHORIZED",
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
@@ -91,6 +108,7 @@ impl ApiError {
             ApiError::ModeChange(_) => "MODE_CHANGE",
             ApiError::SequenceOverflow(_) => "SEQUENCE_OVERFLOW",
             ApiError::BodyTooLarge => "BODY_TOO_LARGE",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::NotReady { .. } | ApiError::Internal(_) => "NOT_READY",
             ApiError::StorageUnavailable(_) => "STORAGE_UNAVAILABLE",
         }
@@ -139,9 +157,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            ApiError::NotReady { retry_after, .. } => {
-                let secs = retry_after.as_millis().div_ceil(1000).max(1);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs as u64));
+            ApiError::NotReady { retry_after, .. } | ApiError::RateLimited { retry_after } => {
+                let secs = retry_secs(*retry_after);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::StorageUnavailable(_) | ApiError::Internal(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -156,6 +174,11 @@ impl ApiError {
         }
         resp
     }
+}
+
+/// A wait in whole seconds for `Retry-After`: rounded up, at least 1.
+fn retry_secs(wait: Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl From<StoreError> for ApiError {
@@ -250,6 +273,23 @@ mod tests {
                 "SEQUENCE_OVERFLOW",
             ),
             (ApiError::BodyTooLarge, 413, "BODY_TOO_LARGE"),
+            (
+                ApiError::RateLimited {
+                    retry_after: Duration::from_millis(10),
+                },
+                429,
+                "RATE_LIMITED",
+            ),
+            (
+                ApiError::WrongLeafRoute {
+                    key: "K".into(),
+                    asked: "segment",
+                    mode: "snowflake",
+                    route: "snowflake",
+                },
+                400,
+                "PREFIX_NOT_REGISTERED",
+            ),
             (
                 ApiError::NotReady {
                     reason: "x".into(),
@@ -364,6 +404,14 @@ mod tests {
         }
         .into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let limited = ApiError::RateLimited {
+            retry_after: Duration::from_millis(1),
+        };
+        assert_eq!(
+            limited.to_string(),
+            "too many requests from this address; retry after 1 s"
+        );
+        assert_eq!(limited.into_response().headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

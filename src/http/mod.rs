@@ -4,15 +4,21 @@
 //! - [`router`]: path and method to a route, metrics per route, errors into responses.
 //! - `request`: path parameters, query, percent-decoding, `Accept`, the bounded body.
 //! - `numbers`: the numbers route, rendered straight into the response buffer.
-//! - `admin`: the bearer-token check and `/prefix-configs`.
+//! - `admin`: the bearer-token check, `/prefix-configs` and its audit history.
 //! - [`ops`]: `/ids`, `/health`, `/ready`, `/metrics`, `/cluster/nodes`.
 //! - [`status`]: `/`, the status page for operators (HTML).
+//! - `leaf`: Meituan Leaf's `/api/segment/get/{key}` and `/api/snowflake/get/{key}`.
+//! - [`openapi`]: `/openapi.json`, the document of the contract, checked against the router.
+//! - [`rate_limit`]: the optional per-address rate limit, with bounded memory.
 //! - [`error`]: [`error::ApiError`] and its one match to status and code (SPEC 3.5).
 
 mod admin;
 pub mod error;
+mod leaf;
 mod numbers;
+pub mod openapi;
 pub mod ops;
+pub mod rate_limit;
 mod request;
 mod router;
 pub mod status;
@@ -32,6 +38,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+pub use admin::fingerprint;
 pub use router::HttpState;
 
 /// Every response numgen sends: a complete body.

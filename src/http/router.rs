@@ -16,15 +16,18 @@ use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 use prometheus::{Histogram, IntCounter};
 
+use super::admin::AdminAuth;
 use super::error::ApiError;
 use super::numbers::{self, Begun};
+use super::rate_limit::RateLimiter;
 use super::request::declared_too_large;
-use super::{HttpResponse, admin, ops, status};
+use super::{HttpResponse, admin, leaf, openapi, ops, status};
 use crate::cluster::ClusterView;
+use crate::prefix::Mode;
 use crate::service::Service;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RouteId {
+pub(super) enum RouteId {
     Numbers,
     PrefixConfig,
     PrefixConfigs,
@@ -34,12 +37,37 @@ enum RouteId {
     Metrics,
     ClusterNodes,
     Status,
+    PrefixHistory,
+    OpenApi,
+    LeafSegment,
+    LeafSnowflake,
     Unmatched,
 }
 
+/// Every path pattern the router serves (each also under `/api`), with its route; a
+/// route's first pattern is its metrics label. The table that `GET /openapi.json` is
+/// checked against (`openapi::tests`), and [`route_of`] too
+/// (`tests::route_of_serves_exactly_the_table`).
+pub(super) const ROUTES: [(&str, RouteId); 14] = [
+    ("/", RouteId::Status),
+    ("/numbers/{key}", RouteId::Numbers),
+    ("/numbers", RouteId::Numbers),
+    ("/prefix-configs/{key}", RouteId::PrefixConfig),
+    ("/prefix-configs", RouteId::PrefixConfigs),
+    ("/prefix-configs/{key}/history", RouteId::PrefixHistory),
+    ("/ids/{id}", RouteId::Ids),
+    ("/health", RouteId::Health),
+    ("/ready", RouteId::Ready),
+    ("/metrics", RouteId::Metrics),
+    ("/cluster/nodes", RouteId::ClusterNodes),
+    ("/openapi.json", RouteId::OpenApi),
+    ("/segment/get/{key}", RouteId::LeafSegment),
+    ("/snowflake/get/{key}", RouteId::LeafSnowflake),
+];
+
 impl RouteId {
     /// Every route, in declaration order: `ALL[r as usize] == r`.
-    const ALL: [RouteId; 10] = [
+    const ALL: [RouteId; 14] = [
         RouteId::Numbers,
         RouteId::PrefixConfig,
         RouteId::PrefixConfigs,
@@ -49,38 +77,38 @@ impl RouteId {
         RouteId::Metrics,
         RouteId::ClusterNodes,
         RouteId::Status,
+        RouteId::PrefixHistory,
+        RouteId::OpenApi,
+        RouteId::LeafSegment,
+        RouteId::LeafSnowflake,
         RouteId::Unmatched,
     ];
 
-    /// The route's pattern: its `route` label in the metrics, never a raw path.
+    /// The route's pattern: its `route` label in the metrics, never a raw path. The first
+    /// of its patterns in [`ROUTES`].
     fn label(self) -> &'static str {
-        match self {
-            RouteId::Numbers => "/numbers/{key}",
-            RouteId::PrefixConfig => "/prefix-configs/{key}",
-            RouteId::PrefixConfigs => "/prefix-configs",
-            RouteId::Ids => "/ids/{id}",
-            RouteId::Health => "/health",
-            RouteId::Ready => "/ready",
-            RouteId::Metrics => "/metrics",
-            RouteId::ClusterNodes => "/cluster/nodes",
-            RouteId::Status => "/",
-            RouteId::Unmatched => "unmatched",
-        }
+        ROUTES
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("unmatched", |(pattern, _)| pattern)
+    }
+
+    /// True for the routes that issue numbers (one number or many, as JSON, text or the
+    /// Leaf-compatible bare ID): GET and POST, no HEAD.
+    fn issues(self) -> bool {
+        matches!(
+            self,
+            RouteId::Numbers | RouteId::LeafSegment | RouteId::LeafSnowflake
+        )
     }
 
     /// The `Allow` header of a 405 on this route.
     fn allowed(self) -> &'static str {
         match self {
-            RouteId::Numbers => "GET, POST",
+            r if r.issues() => "GET, POST",
             RouteId::PrefixConfig => "GET, POST, PUT, DELETE",
-            RouteId::PrefixConfigs
-            | RouteId::Ids
-            | RouteId::Health
-            | RouteId::Ready
-            | RouteId::Metrics
-            | RouteId::ClusterNodes
-            | RouteId::Status => "GET, HEAD",
             RouteId::Unmatched => "",
+            _ => "GET, HEAD",
         }
     }
 
@@ -88,7 +116,7 @@ impl RouteId {
     fn allows(self, method: &Method) -> bool {
         let read_only = *method == Method::GET || *method == Method::HEAD;
         match self {
-            RouteId::Numbers => *method == Method::GET || *method == Method::POST,
+            r if r.issues() => *method == Method::GET || *method == Method::POST,
             RouteId::PrefixConfig => {
                 read_only || [Method::POST, Method::PUT, Method::DELETE].contains(method)
             }
@@ -96,6 +124,17 @@ impl RouteId {
             _ => read_only,
         }
     }
+
+    /// False for what monitoring and peers ask (liveness, readiness, metrics): a rate limit
+    /// must not fail a probe or a scrape (SPEC 7 limits clients, not the platform).
+    fn rate_limited(self) -> bool {
+        !matches!(self, RouteId::Health | RouteId::Ready | RouteId::Metrics)
+    }
+}
+
+/// `p` when it is one non-empty path segment.
+fn segment(p: &str) -> Option<&str> {
+    (!p.is_empty() && !p.contains('/')).then_some(p)
 }
 
 /// Splits `path` (with or without `/api`) into a route and its parameter.
@@ -112,17 +151,25 @@ fn route_of(path: &str) -> (RouteId, Option<&str>) {
         "/cluster/nodes" => (RouteId::ClusterNodes, None),
         "/prefix-configs" => (RouteId::PrefixConfigs, None),
         "/numbers" => (RouteId::Numbers, None),
+        "/openapi.json" => (RouteId::OpenApi, None),
         _ => {
-            let param = |prefix: &str| {
-                path.strip_prefix(prefix)
-                    .filter(|p| !p.is_empty() && !p.contains('/'))
-            };
+            let param = |prefix: &str| path.strip_prefix(prefix).and_then(segment);
             if let Some(k) = param("/numbers/") {
                 (RouteId::Numbers, Some(k))
             } else if let Some(k) = param("/prefix-configs/") {
                 (RouteId::PrefixConfig, Some(k))
             } else if let Some(id) = param("/ids/") {
                 (RouteId::Ids, Some(id))
+            } else if let Some(k) = path
+                .strip_prefix("/prefix-configs/")
+                .and_then(|p| p.strip_suffix("/history"))
+                .and_then(segment)
+            {
+                (RouteId::PrefixHistory, Some(k))
+            } else if let Some(k) = param("/segment/get/") {
+                (RouteId::LeafSegment, Some(k))
+            } else if let Some(k) = param("/snowflake/get/") {
+                (RouteId::LeafSnowflake, Some(k))
             } else {
                 (RouteId::Unmatched, None)
             }
@@ -131,7 +178,7 @@ fn route_of(path: &str) -> (RouteId, Option<&str>) {
 }
 
 /// Statuses whose counter handles are cached after first use; others are looked up each time.
-const COMMON_STATUSES: [u16; 8] = [200, 400, 401, 404, 405, 409, 413, 503];
+const COMMON_STATUSES: [u16; 9] = [200, 400, 401, 404, 405, 409, 413, 429, 503];
 
 struct RouteMetrics {
     duration: Histogram,
@@ -142,8 +189,10 @@ struct RouteMetrics {
 /// Everything the handlers need.
 pub struct HttpState {
     service: Arc<Service>,
-    admin_token: String,
+    admin: AdminAuth,
     cluster: Arc<dyn ClusterView>,
+    /// `rate_limit_per_s` (SPEC 7); `None`, the default, costs one branch per request.
+    limiter: Option<RateLimiter>,
     /// By route, in [`RouteId::ALL`] order.
     routes: [RouteMetrics; RouteId::ALL.len()],
 }
@@ -161,10 +210,17 @@ impl HttpState {
         });
         HttpState {
             service,
-            admin_token,
+            admin: AdminAuth::new(admin_token),
             cluster,
+            limiter: None,
             routes,
         }
+    }
+
+    /// Limits each client address to `per_s` requests a second, in bursts of `burst`.
+    pub fn with_rate_limit(mut self, per_s: u64, burst: u64) -> HttpState {
+        self.limiter = Some(RateLimiter::new(per_s, burst));
+        self
     }
 
     /// The response for `result`, counted in the route's metrics; an error becomes its
@@ -244,6 +300,14 @@ pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) ->
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let (route, param) = route_of(parts.uri.path());
+    if let Some(limiter) = &state.limiter
+        && route.rate_limited()
+        && let Err(retry_after) = limiter.check(peer.ip())
+    {
+        let request = (route, &parts.method, Some(parts.uri.path()));
+        let refused = Err(ApiError::RateLimited { retry_after });
+        return Reply::Ready(Some(state.finish(request, refused, started)));
+    }
     if route == RouteId::Numbers
         && route.allows(&parts.method)
         && !declared_too_large(&parts.headers)
@@ -301,9 +365,16 @@ async fn dispatch(
         RouteId::PrefixConfig | RouteId::PrefixConfigs => {
             // Boxed, like the other rare routes: the request future keeps the size of the
             // numbers route.
-            let token = &state.admin_token;
-            Box::pin(admin::handle(service, token, peer, parts, body, param)).await
+            let auth = &state.admin;
+            Box::pin(admin::handle(service, auth, peer, parts, body, param)).await
         }
+        RouteId::PrefixHistory => {
+            let auth = &state.admin;
+            Box::pin(admin::history(service, auth, peer, parts, param)).await
+        }
+        RouteId::OpenApi => Ok(openapi::document()),
+        RouteId::LeafSegment => Box::pin(leaf::handle(service, Mode::Sequence, param)).await,
+        RouteId::LeafSnowflake => Box::pin(leaf::handle(service, Mode::Snowflake, param)).await,
         RouteId::Ids => ops::decode(service.node().layout(), param.unwrap_or_default()),
         RouteId::Health => Ok(ops::health(service.node())),
         RouteId::Ready => Ok(ops::ready(service.node())),
@@ -322,8 +393,73 @@ async fn dispatch(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The route a concrete path goes to.
+    pub fn routed(path: &str) -> RouteId {
+        route_of(path).0
+    }
+
+    /// The methods `route` answers, as the document lists them: upper case, sorted,
+    /// without HEAD (answered wherever GET is, and implicit in OpenAPI).
+    pub fn methods_of(route: RouteId) -> Vec<String> {
+        let mut methods: Vec<String> = route
+            .allowed()
+            .split(", ")
+            .filter(|m| !m.is_empty() && *m != "HEAD")
+            .map(str::to_string)
+            .collect();
+        methods.sort();
+        methods
+    }
+
+    /// True when `path` is an instance of `pattern` (`{name}`: one non-empty segment).
+    fn instance_of(path: &str, pattern: &str) -> bool {
+        let (p, q): (Vec<&str>, Vec<&str>) =
+            (path.split('/').collect(), pattern.split('/').collect());
+        p.len() == q.len()
+            && p.iter()
+                .zip(&q)
+                .all(|(a, b)| a == b || (b.starts_with('{') && b.ends_with('}') && !a.is_empty()))
+    }
+
+    /// `route_of` serves exactly the paths of [`ROUTES`] (and their `/api` aliases): every
+    /// path of up to four segments made of the table's words and a parameter is routed
+    /// when, and only when, it is an instance of a pattern of the table, to that route.
+    #[test]
+    fn route_of_serves_exactly_the_table() {
+        let mut words: Vec<&str> = ROUTES
+            .iter()
+            .flat_map(|(p, _)| p.split('/'))
+            .filter(|w| !w.is_empty() && !w.starts_with('{'))
+            .collect();
+        words.extend(["K", "api", ""]);
+        words.sort();
+        words.dedup();
+        let mut paths = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..4 {
+            let mut longer = Vec::new();
+            for p in &paths {
+                for w in &words {
+                    let path = format!("{p}/{w}");
+                    let want = ROUTES
+                        .iter()
+                        .find(|(pattern, _)| {
+                            instance_of(&path, pattern)
+                                || instance_of(&path, &format!("/api{pattern}"))
+                        })
+                        .map_or(RouteId::Unmatched, |(_, r)| *r);
+                    assert_eq!(routed(&path), want, "{path}");
+                    checked += 1;
+                    longer.push(path);
+                }
+            }
+            paths = longer;
+        }
+        assert!(checked > 10_000, "{checked}");
+    }
 
     #[test]
     fn routes_and_aliases() {
@@ -343,9 +479,41 @@ mod tests {
         assert_eq!(route_of("/"), (RouteId::Status, None));
         assert_eq!(route_of("/api/"), (RouteId::Status, None));
         assert_eq!(route_of("").0, RouteId::Unmatched);
-        for p in ["/health", "/ready", "/metrics", "/cluster/nodes"] {
+        for p in [
+            "/health",
+            "/ready",
+            "/metrics",
+            "/cluster/nodes",
+            "/openapi.json",
+        ] {
             assert_ne!(route_of(p).0, RouteId::Unmatched);
             assert_ne!(route_of(&format!("/api{p}")).0, RouteId::Unmatched);
+        }
+        assert_eq!(
+            route_of("/api/prefix-configs/X/history"),
+            (RouteId::PrefixHistory, Some("X"))
+        );
+        assert_eq!(
+            route_of("/prefix-configs/history"),
+            (RouteId::PrefixConfig, Some("history"))
+        );
+        assert_eq!(route_of("/prefix-configs//history").0, RouteId::Unmatched);
+        assert_eq!(
+            route_of("/api/segment/get/leaf-segment-test"),
+            (RouteId::LeafSegment, Some("leaf-segment-test"))
+        );
+        assert_eq!(
+            route_of("/api/snowflake/get/test"),
+            (RouteId::LeafSnowflake, Some("test"))
+        );
+        assert_eq!(route_of("/api/segment/get/").0, RouteId::Unmatched);
+    }
+
+    #[test]
+    fn probes_and_scrapes_are_never_rate_limited() {
+        for r in RouteId::ALL {
+            let exempt = matches!(r, RouteId::Health | RouteId::Ready | RouteId::Metrics);
+            assert_eq!(r.rate_limited(), !exempt, "{r:?}");
         }
     }
 
@@ -374,7 +542,7 @@ mod tests {
         for r in RouteId::ALL {
             for m in &methods {
                 let listed = r.allowed().split(", ").any(|a| a == m.as_str())
-                    || (*m == Method::HEAD && r.allowed().contains("GET") && r != RouteId::Numbers)
+                    || (*m == Method::HEAD && r.allowed().contains("GET") && !r.issues())
                     || r == RouteId::Unmatched;
                 assert_eq!(r.allows(m), listed, "{r:?} {m}");
             }

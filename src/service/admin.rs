@@ -1,8 +1,9 @@
 //! Managing prefix configs (`/prefix-configs`): every change is written to the store first
-//! (which refuses what would repeat a number) and then made live in this node's registry.
+//! (which refuses what would repeat a number, and records each change it accepts in the
+//! audit history, in the same transaction) and then made live in this node's registry.
 
 use crate::prefix::{PrefixConfig, PrefixError};
-use crate::store::{StoreError, Written};
+use crate::store::{AuditMeta, AuditRecord, StoreError, Written};
 
 use super::Service;
 
@@ -47,14 +48,24 @@ fn accepted(written: Written, config: &PrefixConfig) -> Result<(), AdminError> {
 }
 
 impl Service {
-    /// `POST /prefix-configs/{key}`
-    pub async fn register(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
-        self.write(key, body, true).await
+    /// `POST /prefix-configs/{key}`, by `audit`.
+    pub async fn register(
+        &self,
+        key: &str,
+        body: &[u8],
+        audit: &AuditMeta,
+    ) -> Result<PrefixConfig, AdminError> {
+        self.write(key, body, true, audit).await
     }
 
-    /// `PUT /prefix-configs/{key}`
-    pub async fn replace(&self, key: &str, body: &[u8]) -> Result<PrefixConfig, AdminError> {
-        self.write(key, body, false).await
+    /// `PUT /prefix-configs/{key}`, by `audit`.
+    pub async fn replace(
+        &self,
+        key: &str,
+        body: &[u8],
+        audit: &AuditMeta,
+    ) -> Result<PrefixConfig, AdminError> {
+        self.write(key, body, false, audit).await
     }
 
     /// Registers (`create`) or replaces the config of `key` from a request body.
@@ -63,13 +74,13 @@ impl Service {
         key: &str,
         body: &[u8],
         create: bool,
+        audit: &AuditMeta,
     ) -> Result<PrefixConfig, AdminError> {
         let (config, _) = PrefixConfig::from_request(body)?;
-        let written = if create {
-            self.store().create_prefix(key, &config).await?
-        } else {
-            self.store().replace_prefix(key, &config).await?
-        };
+        let written = self
+            .store()
+            .write_prefix(key, &config, create, audit)
+            .await?;
         accepted(written, &config)?;
         self.apply(key, config.clone())?;
         let what = if create {
@@ -99,9 +110,14 @@ impl Service {
         Ok(all)
     }
 
-    /// `DELETE /prefix-configs/{key}`
-    pub async fn delete(&self, key: &str) -> Result<(), AdminError> {
-        if !self.store().delete_prefix(key).await? {
+    /// `GET /prefix-configs/{key}/history`: the audit records of `key`, newest first.
+    pub async fn history(&self, key: &str) -> Result<Vec<AuditRecord>, AdminError> {
+        Ok(self.store().prefix_history(key).await?)
+    }
+
+    /// `DELETE /prefix-configs/{key}`, by `audit`.
+    pub async fn delete(&self, key: &str, audit: &AuditMeta) -> Result<(), AdminError> {
+        if !self.store().remove_prefix(key, audit).await? {
             return Err(AdminError::NotFound(key.to_string()));
         }
         self.forget(key);
@@ -118,7 +134,7 @@ mod tests {
 
     use super::AdminError;
     use crate::clock::ManualClock;
-    use crate::service::test_support::{Stalled, T0, service, service_on, take};
+    use crate::service::test_support::{Stalled, T0, by, service, service_on, take};
     use crate::service::{IssueError, Service};
     use crate::store::{StoreError, counter_name};
 
@@ -145,11 +161,16 @@ mod tests {
             take(&s, "TEST", 1).await,
             Err(IssueError::NotRegistered("TEST".into()))
         );
-        s.register("TEST", br#"{"format":"TEST-{SEQ:4}","mode":"sequence"}"#)
-            .await
-            .unwrap();
+        s.register(
+            "TEST",
+            br#"{"format":"TEST-{SEQ:4}","mode":"sequence"}"#,
+            &by(),
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            s.register("TEST", br#"{"format":"TEST-{SEQ:4}"}"#).await,
+            s.register("TEST", br#"{"format":"TEST-{SEQ:4}"}"#, &by())
+                .await,
             Err(AdminError::Exists)
         );
         let got: Vec<String> = take(&s, "TEST", 3)
@@ -160,7 +181,7 @@ mod tests {
             .collect();
         assert_eq!(got, ["TEST-0001", "TEST-0002", "TEST-0003"]);
         assert!(matches!(
-            s.replace("TEST", br#"{"format":"T-{SEQ:4}"}"#).await,
+            s.replace("TEST", br#"{"format":"T-{SEQ:4}"}"#, &by()).await,
             Err(AdminError::ModeChange {
                 from: "sequence",
                 to: "snowflake"
@@ -170,6 +191,7 @@ mod tests {
         s.replace(
             "TEST",
             br#"{"format":"T-{SEQ:2}","mode":"sequence","initial_seq":0}"#,
+            &by(),
         )
         .await
         .unwrap();
@@ -177,9 +199,9 @@ mod tests {
         assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-04");
         assert_eq!(s.config("TEST").await.unwrap().format, "T-{SEQ:2}");
         assert_eq!(s.configs().await.unwrap().len(), 1);
-        s.delete("TEST").await.unwrap();
+        s.delete("TEST", &by()).await.unwrap();
         assert_eq!(
-            s.delete("TEST").await,
+            s.delete("TEST", &by()).await,
             Err(AdminError::NotFound("TEST".into()))
         );
         assert!(matches!(
@@ -187,9 +209,13 @@ mod tests {
             Err(AdminError::NotFound(_))
         ));
         tail_given_back(&s, "TEST", 4).await;
-        s.register("TEST", br#"{"format":"T-{SEQ:2}","mode":"sequence"}"#)
-            .await
-            .unwrap();
+        s.register(
+            "TEST",
+            br#"{"format":"T-{SEQ:2}","mode":"sequence"}"#,
+            &by(),
+        )
+        .await
+        .unwrap();
         assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-05");
     }
 
@@ -200,11 +226,12 @@ mod tests {
         s.register(
             "INV",
             br#"{"format":"{year}-{SEQ:3}","mode":"sequence","reset":"yearly"}"#,
+            &by(),
         )
         .await
         .unwrap();
         assert_eq!(
-            s.replace("INV", br#"{"format":"{SEQ:3}","mode":"sequence"}"#)
+            s.replace("INV", br#"{"format":"{SEQ:3}","mode":"sequence"}"#, &by())
                 .await,
             Err(AdminError::ResetChange {
                 from: "yearly",
@@ -212,7 +239,8 @@ mod tests {
             })
         );
         assert!(matches!(
-            s.replace("INV", br#"{"format":"{SEQ:3}","bogus":1}"#).await,
+            s.replace("INV", br#"{"format":"{SEQ:3}","bogus":1}"#, &by())
+                .await,
             Err(AdminError::Config(_))
         ));
         // The config read back is the first one, from memory and (after a restart) the store.
@@ -228,16 +256,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = service(&dir, clock.clone());
-        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
+        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#, &by())
             .await
             .unwrap();
         let mut seen = HashSet::new();
         for (_, id, _) in take(&s, "ORD", 5000).await.unwrap() {
             assert!(seen.insert(id));
         }
-        s.delete("ORD").await.unwrap();
+        s.delete("ORD", &by()).await.unwrap();
         clock.step_back(3);
-        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
+        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#, &by())
             .await
             .unwrap();
         for (_, id, _) in take(&s, "ORD", 3000).await.unwrap() {
@@ -249,11 +277,14 @@ mod tests {
     async fn a_store_that_times_out_refuses_admin_changes() {
         let s = service_on(Arc::new(Stalled), Arc::new(ManualClock::new(T0)));
         assert!(matches!(
-            s.register("X", br#"{"format":"X{SEQ:2}"}"#).await,
+            s.register("X", br#"{"format":"X{SEQ:2}"}"#, &by()).await,
             Err(AdminError::Storage(StoreError::Timeout(_)))
         ));
         assert!(matches!(s.configs().await, Err(AdminError::Storage(_))));
-        assert!(matches!(s.delete("X").await, Err(AdminError::Storage(_))));
+        assert!(matches!(
+            s.delete("X", &by()).await,
+            Err(AdminError::Storage(_))
+        ));
         assert!(s.registry().is_empty());
     }
 }

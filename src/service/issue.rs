@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::format::{RenderCtx, Template};
 use crate::id::LastIssued;
 use crate::node::Blocked;
+use crate::prefix::Mode;
 use crate::sequence::{SeqAllocator, SeqError};
 use crate::store::StoreError;
 
@@ -121,6 +122,12 @@ impl Service {
                     .await
             }
         }
+    }
+
+    /// The mode of prefix `key` (looked up like [`Service::issue`] does, also in the store
+    /// in cluster mode).
+    pub async fn mode_of(&self, key: &str) -> Result<Mode, IssueError> {
+        Ok(self.lookup(key).await?.config.mode)
     }
 
     async fn lookup(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
@@ -335,7 +342,7 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::service::Service;
     use crate::service::test_support::{
-        Collect, STALL, Stalled, T0, config, embedded, node, service, service_on, take,
+        Collect, STALL, Stalled, T0, by, config, embedded, node, service, service_on, take,
     };
     use crate::store::StoreError;
 
@@ -458,7 +465,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let writer = service(&dir, clock.clone());
         writer
-            .register("RT", br#"{"format":"R-{SEQ:2}","mode":"sequence"}"#)
+            .register("RT", br#"{"format":"R-{SEQ:2}","mode":"sequence"}"#, &by())
             .await
             .unwrap();
         let metrics = Metrics::new().unwrap();

@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::prefix::PrefixConfig;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{SeqBlock, Store, StoreError, Written};
+use crate::store::{AuditMeta, AuditRecord, SeqBlock, Store, StoreError, Written};
 
 pub const T0: u64 = 1_763_700_000_000;
 
@@ -72,6 +72,15 @@ pub async fn take(s: &Service, key: &str, n: u64) -> Result<Vec<(String, u64, bo
     Ok(c.numbers)
 }
 
+/// Who the tests' admin changes are by.
+pub fn by() -> AuditMeta {
+    AuditMeta {
+        time_ms: T0,
+        peer: "127.0.0.1:1".into(),
+        token_fingerprint: "0123456789abcdef".into(),
+    }
+}
+
 /// How long a call to [`Stalled`] takes to fail.
 pub const STALL: Duration = Duration::from_millis(20);
 
@@ -96,10 +105,14 @@ impl Store for Stalled {
         _: &str,
         _: &PrefixConfig,
         _: bool,
+        _: &AuditMeta,
     ) -> Result<Written, StoreError> {
         stall().await
     }
-    async fn delete_prefix(&self, _: &str) -> Result<bool, StoreError> {
+    async fn remove_prefix(&self, _: &str, _: &AuditMeta) -> Result<bool, StoreError> {
+        stall().await
+    }
+    async fn prefix_history(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
         stall().await
     }
     async fn reserve_seq(&self, _: &str, _: u64, _: u64) -> Result<SeqBlock, StoreError> {

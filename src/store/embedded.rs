@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
-    plan_write, reset_to_bind,
+    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written,
+    bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::prefix::PrefixConfig;
 
@@ -24,6 +24,8 @@ const HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 /// The reset a sequence prefix's counters are bound to (kept after DELETE).
 const SEQ_RESET: TableDefinition<&str, &str> = TableDefinition::new("seq_reset");
+/// Audit records: (prefix key, number of the record within the key) to the record's JSON.
+const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -168,6 +170,7 @@ impl EmbeddedStore {
             txn.open_table(HWM).map_err(unavailable)?;
             txn.open_table(META).map_err(unavailable)?;
             txn.open_table(SEQ_RESET).map_err(unavailable)?;
+            txn.open_table(AUDIT).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -285,6 +288,35 @@ fn hwm_key(dc: u64, worker: u64) -> String {
     format!("{dc}/{worker}")
 }
 
+/// Appends `record` to the audit records of `key` in `txn`, numbered after the last one,
+/// and drops the oldest beyond [`AUDIT_KEEP`]. A key's records are numbered without gaps
+/// (only the oldest are ever removed), so its first and last number say how many it has.
+fn append_audit(
+    txn: &redb::WriteTransaction,
+    key: &str,
+    record: &AuditRecord,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(AUDIT).map_err(unavailable)?;
+    let (first, last) = {
+        let mut rows = table
+            .range((key, 0)..=(key, u64::MAX))
+            .map_err(unavailable)?;
+        let first = rows.next().transpose().map_err(unavailable)?;
+        let first = first.map(|(k, _)| k.value().1);
+        let last = rows.next_back().transpose().map_err(unavailable)?;
+        (first, last.map(|(k, _)| k.value().1))
+    };
+    let next = last.or(first).map_or(1, |n| n + 1);
+    table
+        .insert((key, next), record.encode()?.as_str())
+        .map_err(unavailable)?;
+    let keep_from = (next + 1).saturating_sub(AUDIT_KEEP as u64);
+    for n in first.unwrap_or(next)..keep_from {
+        table.remove((key, n)).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
@@ -319,8 +351,10 @@ impl Store for EmbeddedStore {
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
+        audit: &AuditMeta,
     ) -> Result<Written, StoreError> {
         let (key, json, config) = (key.to_string(), encode(config)?, config.clone());
+        let audit = audit.clone();
         self.write(move |txn| {
             let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
             let mut bound = txn.open_table(SEQ_RESET).map_err(unavailable)?;
@@ -345,17 +379,48 @@ impl Store for EmbeddedStore {
                         .map_err(unavailable)?;
                 }
             }
+            if let Some(record) =
+                AuditRecord::of_write(&audit, &outcome, existing.as_ref(), &config)
+            {
+                append_audit(txn, &key, &record)?;
+            }
             Ok(outcome)
         })
         .await
     }
 
-    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
-        let key = key.to_string();
+    async fn remove_prefix(&self, key: &str, audit: &AuditMeta) -> Result<bool, StoreError> {
+        let (key, audit) = (key.to_string(), audit.clone());
         self.write(move |txn| {
-            let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let removed = table.remove(key.as_str()).map_err(unavailable)?.is_some();
-            Ok(removed)
+            let before = {
+                let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
+                let removed = table.remove(key.as_str()).map_err(unavailable)?;
+                match removed {
+                    None => return Ok(false),
+                    Some(v) => decode(&key, v.value()).ok(),
+                }
+            };
+            append_audit(txn, &key, &AuditRecord::of_delete(&audit, before))?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn prefix_history(&self, key: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(AUDIT).map_err(unavailable)?;
+            let rows = table
+                .range((key.as_str(), 0)..=(key.as_str(), u64::MAX))
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows.rev() {
+                let (k, v) = row.map_err(unavailable)?;
+                let at = format!("audit/{key}/{}", k.value().1);
+                out.push(AuditRecord::decode(&at, v.value().as_bytes())?);
+            }
+            Ok(out)
         })
         .await
     }

@@ -10,8 +10,11 @@
 //! Every call is bounded: a backend answers within its timeout or returns
 //! [`StoreError::Timeout`], which the HTTP layer turns into `STORAGE_UNAVAILABLE`.
 
+pub mod audit;
 pub mod embedded;
 pub mod etcd;
+
+pub use audit::{AUDIT_KEEP, AuditAction, AuditMeta, AuditRecord};
 
 use std::time::Duration;
 
@@ -136,29 +139,43 @@ pub trait Store: Send + Sync + 'static {
     async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
     /// Writes `config` under `key` as [`plan_write`] decides from what is stored (with
     /// `create_only`, never over an existing config), in one transaction that also binds a
-    /// sequence prefix's counters to its reset ([`reset_to_bind`]).
+    /// sequence prefix's counters to its reset ([`reset_to_bind`]) and, when it writes,
+    /// appends the audit record of the change by `audit` ([`AuditRecord::of_write`]).
     async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
+        audit: &AuditMeta,
     ) -> Result<Written, StoreError>;
-    /// `POST`: stores `config` unless `key` exists (`Exists`) or its counters are bound to
-    /// another reset (`ResetChange`).
+    /// `POST` outside a request (tests, tools): stores `config` unless `key` exists
+    /// (`Exists`) or its counters are bound to another reset (`ResetChange`). Audited as
+    /// [`AuditMeta::unattributed`]; the service writes with the request's [`AuditMeta`].
     async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, true).await
+        let audit = AuditMeta::unattributed();
+        self.write_prefix(key, config, true, &audit).await
     }
-    /// `PUT`: creates or replaces, refusing a change of mode or of a sequence prefix's reset.
+    /// `PUT` outside a request: creates or replaces, refusing a change of mode or of a
+    /// sequence prefix's reset. Audited as [`AuditMeta::unattributed`].
     async fn replace_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
     ) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, false).await
+        let audit = AuditMeta::unattributed();
+        self.write_prefix(key, config, false, &audit).await
     }
-    /// Removes the config (counters, and the reset they are bound to, stay); `false` when
-    /// there was none.
-    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError>;
+    /// Removes the config (counters, and the reset they are bound to, stay), appending the
+    /// audit record of the deletion by `audit` in the same transaction; `false` (and no
+    /// record) when there was none.
+    async fn remove_prefix(&self, key: &str, audit: &AuditMeta) -> Result<bool, StoreError>;
+    /// [`Store::remove_prefix`] outside a request, audited as [`AuditMeta::unattributed`].
+    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
+        self.remove_prefix(key, &AuditMeta::unattributed()).await
+    }
+    /// The audit records of `key`, newest first: at most [`AUDIT_KEEP`], also after the
+    /// key was deleted.
+    async fn prefix_history(&self, key: &str) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Reserves the next `size` numbers of `counter` (fewer at the top of u64). A counter
     /// never written starts after `initial`; one below `initial` jumps up to it.

@@ -546,6 +546,34 @@ impl Client {
         })
     }
 
+    /// Like [`Client::connect`], from the local address `source` (another loopback
+    /// address, `127.0.0.2`, say, to be another client to the server).
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> io::Result<Client> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let stream = rt.block_on(async {
+            let socket = match addr {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(source, 0))?;
+            tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+        })?;
+        let stream = stream.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            addr,
+            writer: stream.try_clone()?,
+            reader: BufReader::new(stream),
+        })
+    }
+
     /// Sends one request and reads its response. `Host` is added, and `Content-Length`
     /// when the body is not empty or the method is POST, PUT or PATCH, unless given.
     pub fn request(

@@ -8,6 +8,8 @@
 //! {root}/seq/{key}[/{period}]   sequence high-water mark, decimal u64 text
 //! {root}/seq-reset/{key}        the reset a sequence prefix's counters are bound to
 //! {root}/layout                 the ID layout the data was written with
+//! {root}/audit/{key}/{id}       one audit record of a prefix config change (JSON); a
+//!                               key's records are ordered by their create revision
 //! ```
 //!
 //! The root is normalised once: surrounding and repeated slashes do not matter, so `/`
@@ -104,6 +106,17 @@ impl Keys {
     pub fn layout(&self) -> String {
         self.under(format_args!("layout"))
     }
+
+    /// `audit/{key}/`: the audit records of a prefix key.
+    pub fn audit(&self, key: &str) -> String {
+        self.under(format_args!("audit/{key}/"))
+    }
+
+    /// `audit/{key}/{id}`: one audit record (`id` makes it unique; the record's place in
+    /// the history is its create revision).
+    pub fn audit_record(&self, key: &str, id: &str) -> String {
+        self.under(format_args!("audit/{key}/{id}"))
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +152,10 @@ mod tests {
         assert_eq!(k.prefixes(), "/numgen/prefixes/");
         assert_eq!(k.seq("INV/2025"), "/numgen/seq/INV/2025");
         assert_eq!(k.seq_reset("INV"), "/numgen/seq-reset/INV");
+        assert_eq!(k.audit("INV"), "/numgen/audit/INV/");
+        assert_eq!(k.audit_record("INV", "x1"), "/numgen/audit/INV/x1");
+        // One key's records are not under another's that starts the same.
+        assert!(!k.audit_record("INVOICE", "x").starts_with(&k.audit("INV")));
         let top = Keys::new("/");
         assert_eq!(top.worker(0, 3), "/workers/0/3");
         assert_eq!(top.prefixes(), "/prefixes/");

@@ -21,12 +21,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, Txn, TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, GetOptions, KeyValue, KvClient, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
-    plan_write, reset_to_bind,
+    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written,
+    bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::config::EtcdConfig;
 use crate::prefix::PrefixConfig;
@@ -132,6 +133,47 @@ fn seen_in(responses: &[TxnOpResponse]) -> Seen {
             revision: 0,
         },
     }
+}
+
+/// A read of every audit record key of a prefix key, oldest first (keys only).
+fn audit_keys(dir: &str) -> TxnOp {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_sort(SortTarget::Create, SortOrder::Ascend);
+    TxnOp::get(dir, Some(options))
+}
+
+/// The keys of the records read by [`audit_keys`] in `response`.
+fn keys_in(response: Option<&TxnOpResponse>) -> Vec<Vec<u8>> {
+    match response {
+        Some(TxnOpResponse::Get(get)) => get.kvs().iter().map(|kv| kv.key().to_vec()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The writes that append `record` to a key's audit records, whose keys are `existing`
+/// (oldest first): a put under a new key, guarded on that key being new, and the deletes
+/// of the oldest records beyond [`AUDIT_KEEP`]. Its place among the records is its create
+/// revision, so the key only has to be unique.
+fn append_audit(
+    keys: &Keys,
+    prefix_key: &str,
+    existing: &[Vec<u8>],
+    record: &AuditRecord,
+) -> Result<(Compare, Vec<TxnOp>), StoreError> {
+    use std::hash::BuildHasher;
+    let noise = std::collections::hash_map::RandomState::new().hash_one(existing.len());
+    let id = format!("{:013}-{noise:016x}", record.meta.time_ms);
+    let at = keys.audit_record(prefix_key, &id);
+    let mut ops = vec![TxnOp::put(at.as_str(), record.encode()?, None)];
+    let excess = (existing.len() + 1).saturating_sub(AUDIT_KEEP);
+    ops.extend(
+        existing[..excess]
+            .iter()
+            .map(|k| TxnOp::delete(k.clone(), None)),
+    );
+    Ok((unchanged(&at, 0), ops))
 }
 
 /// The etcd backend. Cheap to clone: the etcd-client `Client` is a handle on one shared
@@ -240,13 +282,14 @@ impl Store for EtcdStore {
     /// between check and write.
     async fn write_prefix(
         &self,
-        key: &str,
+        prefix_key: &str,
         config: &PrefixConfig,
         create_only: bool,
+        audit: &AuditMeta,
     ) -> Result<Written, StoreError> {
         let (key, bind_key, json) = (
-            self.keys.prefix(key),
-            self.keys.seq_reset(key),
+            self.keys.prefix(prefix_key),
+            self.keys.seq_reset(prefix_key),
             encode(config)?,
         );
         bounded(self.timeout, async {
@@ -255,9 +298,11 @@ impl Store for EtcdStore {
                 let both = Txn::new().and_then([
                     TxnOp::get(key.as_str(), None),
                     TxnOp::get(bind_key.as_str(), None),
+                    audit_keys(&self.keys.audit(prefix_key)),
                 ]);
                 let resp = kv.txn(both).await.map_err(unavailable)?;
                 let ops = resp.op_responses();
+                let audited = keys_in(ops.get(2));
                 let (stored, bound) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
                 let existing = stored
                     .value
@@ -277,12 +322,18 @@ impl Store for EtcdStore {
                 if let Some(reset) = reset_to_bind(config, bound_reset) {
                     writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
                 }
-                let txn = Txn::new()
-                    .when([
-                        unchanged(&key, stored.revision),
-                        unchanged(&bind_key, bound.revision),
-                    ])
-                    .and_then(writes);
+                let mut guards = vec![
+                    unchanged(&key, stored.revision),
+                    unchanged(&bind_key, bound.revision),
+                ];
+                if let Some(record) =
+                    AuditRecord::of_write(audit, &outcome, existing.as_ref(), config)
+                {
+                    let (new, ops) = append_audit(&self.keys, prefix_key, &audited, &record)?;
+                    guards.push(new);
+                    writes.extend(ops);
+                }
+                let txn = Txn::new().when(guards).and_then(writes);
                 if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
                     return Ok(outcome);
                 }
@@ -291,15 +342,55 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
-        let key = self.keys.prefix(key);
+    /// Reads the config and the audit record keys together, then deletes the config and
+    /// appends the record in one transaction guarded on the config being as read.
+    async fn remove_prefix(&self, prefix_key: &str, audit: &AuditMeta) -> Result<bool, StoreError> {
+        let key = self.keys.prefix(prefix_key);
         bounded(self.timeout, async {
+            let mut kv = self.kv();
+            loop {
+                let read = Txn::new().and_then([
+                    TxnOp::get(key.as_str(), None),
+                    audit_keys(&self.keys.audit(prefix_key)),
+                ]);
+                let resp = kv.txn(read).await.map_err(unavailable)?;
+                let ops = resp.op_responses();
+                let stored = seen_in(&ops);
+                let Some(value) = stored.value else {
+                    return Ok(false);
+                };
+                let before = decode(&key, &value).ok();
+                let record = AuditRecord::of_delete(audit, before);
+                let audited = keys_in(ops.get(1));
+                let (new, mut writes) = append_audit(&self.keys, prefix_key, &audited, &record)?;
+                writes.insert(0, TxnOp::delete(key.as_str(), None));
+                let txn = Txn::new()
+                    .when([unchanged(&key, stored.revision), new])
+                    .and_then(writes);
+                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
+                    return Ok(true);
+                }
+            }
+        })
+        .await
+    }
+
+    async fn prefix_history(&self, prefix_key: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let dir = self.keys.audit(prefix_key);
+        bounded(self.timeout, async {
+            let options = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_limit(AUDIT_KEEP as i64);
             let resp = self
                 .kv()
-                .delete(key.as_str(), None)
+                .get(dir.as_str(), Some(options))
                 .await
                 .map_err(unavailable)?;
-            Ok(resp.deleted() > 0)
+            resp.kvs()
+                .iter()
+                .map(|kv| AuditRecord::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+                .collect()
         })
         .await
     }
