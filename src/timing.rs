@@ -92,6 +92,11 @@ pub const RESERVATION_POLL: Duration = Duration::from_millis(20);
 /// The wait before reading the prefix configs again after a failed read or watch.
 pub const WATCH_RETRY: Duration = Duration::from_secs(1);
 
+/// The wait before a background task asks the store again how an admin write that timed
+/// out ended, after the store failed (after a timeout it asks again at once: the question
+/// waits in the store's queue) (`service::admin`).
+pub const SETTLE_RETRY: Duration = Duration::from_secs(1);
+
 /// How often a cluster node measures its clock against its peers.
 pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
 

@@ -399,6 +399,42 @@ mod suite {
         s.check_layout(ours).await.unwrap();
     }
 
+    /// Config writes and deletes carry revisions (SPEC 3.1): each higher than all before,
+    /// refusals write none; reads say as of which revision they know a key (its write's,
+    /// or for an absent key the store's at the read); settling a key reads it like that.
+    pub async fn revisions(s: Arc<dyn Store>) {
+        let a = config("A-{SEQ:6}", Mode::Snowflake);
+        let b = config("B-{SEQ:6}", Mode::Snowflake);
+        let (w1, r1) = s.write_prefix("A", &a, true).await.unwrap();
+        assert_eq!(w1, Written::Created);
+        assert_eq!(
+            s.write_prefix("A", &b, true).await.unwrap(),
+            (Written::Exists, 0)
+        );
+        let (_, r2) = s.write_prefix("B", &b, false).await.unwrap();
+        let (w3, r3) = s.write_prefix("A", &b, false).await.unwrap();
+        assert_eq!(w3, Written::Replaced);
+        assert!(0 < r1 && r1 < r2 && r2 < r3, "{r1} {r2} {r3}");
+        let seen = s.observe_prefix("A").await.unwrap();
+        assert_eq!((seen.config, seen.revision), (Some(b.clone()), r3));
+        assert_eq!(s.settle_prefix("A").await.unwrap().revision, r3);
+        let snap = s.snapshot_prefixes().await.unwrap();
+        assert!(snap.revision >= r3, "{snap:?}");
+        let mut got: Vec<(String, u64)> =
+            snap.configs.into_iter().map(|(k, _, r)| (k, r)).collect();
+        got.sort();
+        assert_eq!(got, vec![("A".to_string(), r3), ("B".to_string(), r2)]);
+
+        let r4 = s.remove_prefix("A").await.unwrap().expect("deleted");
+        assert!(r4 > r3);
+        assert_eq!(s.remove_prefix("A").await.unwrap(), None);
+        let gone = s.observe_prefix("A").await.unwrap();
+        assert_eq!(gone.config, None);
+        assert!(gone.revision >= r4, "{gone:?}");
+        let (_, r5) = s.write_prefix("A", &a, true).await.unwrap();
+        assert!(r5 > r4);
+    }
+
     /// Many callers on one counter: every number handed out once, each caller's blocks
     /// increasing, and (with nothing released) no gap either.
     pub async fn concurrent_reservations(s: Arc<dyn Store>) {
@@ -474,6 +510,7 @@ conformance!(
     release,
     layout,
     concurrent_reservations,
+    revisions,
 );
 
 /// A backend for the worker-source cases: the source of each new (or restarted) node, all

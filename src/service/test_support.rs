@@ -12,7 +12,7 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::prefix::PrefixConfig;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{SeqBlock, Store, StoreError, Written};
+use crate::store::{Observed, Revision, SeqBlock, Snapshot, Store, StoreError, Written};
 
 pub const T0: u64 = 1_763_700_000_000;
 
@@ -85,10 +85,10 @@ async fn stall<T>() -> Result<T, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for Stalled {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         stall().await
     }
-    async fn get_prefix(&self, _: &str) -> Result<Option<PrefixConfig>, StoreError> {
+    async fn observe_prefix(&self, _: &str) -> Result<Observed, StoreError> {
         stall().await
     }
     async fn write_prefix(
@@ -96,10 +96,10 @@ impl Store for Stalled {
         _: &str,
         _: &PrefixConfig,
         _: bool,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Revision), StoreError> {
         stall().await
     }
-    async fn delete_prefix(&self, _: &str) -> Result<bool, StoreError> {
+    async fn remove_prefix(&self, _: &str) -> Result<Option<Revision>, StoreError> {
         stall().await
     }
     async fn reserve_seq(&self, _: &str, _: u64, _: u64) -> Result<SeqBlock, StoreError> {

@@ -52,6 +52,28 @@ impl SeqBlock {
     }
 }
 
+/// A position in the store's history of prefix configs (SPEC 3.1: configs carry the store's
+/// revision): etcd's revision, or the embedded store's count of config writes. Every write
+/// or delete of a config gets a higher one than everything before it, so of two versions of
+/// a key the one with the higher revision is the newer.
+pub type Revision = u64;
+
+/// What the store holds under one key, and as of which revision that is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub config: Option<PrefixConfig>,
+    /// With a config: the revision it was written at. Without: the store's revision at the
+    /// read (the key was absent then, so anything written later has a higher one).
+    pub revision: Revision,
+}
+
+/// Every prefix config with the revision it was written at, read as of one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub configs: Vec<(String, PrefixConfig, Revision)>,
+}
+
 /// What a config write did (`create_prefix`, `replace_prefix`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -132,21 +154,41 @@ pub fn counter_name(key: &str, period: Option<&str>) -> String {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Every stored prefix config.
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError>;
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
+    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+        let all = self.snapshot_prefixes().await?.configs;
+        Ok(all
+            .into_iter()
+            .map(|(key, config, _)| (key, config))
+            .collect())
+    }
+    /// Every stored prefix config with its revision, and the revision of the read.
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError>;
+    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
+        Ok(self.observe_prefix(key).await?.config)
+    }
+    /// The config of `key` (if any) and the revision it is known as of.
+    async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError>;
+    /// [`Store::observe_prefix`] once every write the store had accepted before this call has
+    /// been committed or given up, so that a caller whose write timed out learns how it ended
+    /// (the embedded store's writes wait in a queue; etcd has nothing queued here, and a write
+    /// that commits late reaches every node through the watch).
+    async fn settle_prefix(&self, key: &str) -> Result<Observed, StoreError> {
+        self.observe_prefix(key).await
+    }
     /// Writes `config` under `key` as [`plan_write`] decides from what is stored (with
     /// `create_only`, never over an existing config), in one transaction that also binds a
-    /// sequence prefix's counters to its reset ([`reset_to_bind`]).
+    /// sequence prefix's counters to its reset ([`reset_to_bind`]). Returns what it did and
+    /// the revision of the write (0 when nothing was written).
     async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
-    ) -> Result<Written, StoreError>;
+    ) -> Result<(Written, Revision), StoreError>;
     /// `POST`: stores `config` unless `key` exists (`Exists`) or its counters are bound to
     /// another reset (`ResetChange`).
     async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, true).await
+        Ok(self.write_prefix(key, config, true).await?.0)
     }
     /// `PUT`: creates or replaces, refusing a change of mode or of a sequence prefix's reset.
     async fn replace_prefix(
@@ -154,11 +196,16 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         config: &PrefixConfig,
     ) -> Result<Written, StoreError> {
-        self.write_prefix(key, config, false).await
+        Ok(self.write_prefix(key, config, false).await?.0)
     }
     /// Removes the config (counters, and the reset they are bound to, stay); `false` when
     /// there was none.
-    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError>;
+    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.remove_prefix(key).await?.is_some())
+    }
+    /// [`Store::delete_prefix`], returning the revision of the delete (`None`: there was no
+    /// config).
+    async fn remove_prefix(&self, key: &str) -> Result<Option<Revision>, StoreError>;
 
     /// Reserves the next `size` numbers of `counter` (fewer at the top of u64). A counter
     /// never written starts after `initial`; one below `initial` jumps up to it.

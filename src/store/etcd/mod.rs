@@ -25,8 +25,8 @@ use etcd_client::{
 };
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
-    plan_write, reset_to_bind,
+    DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot, Store, StoreError, Written, bounded,
+    next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::config::EtcdConfig;
 use crate::prefix::PrefixConfig;
@@ -63,6 +63,11 @@ fn decode(key: &str, value: &[u8]) -> Result<PrefixConfig, StoreError> {
 
 fn encode(config: &PrefixConfig) -> Result<String, StoreError> {
     serde_json::to_string(config).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The revision an answer of etcd was made at (its header's; etcd revisions are positive).
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as Revision)
 }
 
 /// A key as last seen: its value, and the revision a conditional write is guarded on.
@@ -208,7 +213,7 @@ impl EtcdStore {
 
 #[async_trait]
 impl Store for EtcdStore {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         let dir = self.keys.prefixes();
         bounded(self.timeout, async {
             let resp = self
@@ -216,22 +221,44 @@ impl Store for EtcdStore {
                 .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
                 .map_err(unavailable)?;
-            let mut out = Vec::with_capacity(resp.kvs().len());
+            let mut configs = Vec::with_capacity(resp.kvs().len());
             for kv in resp.kvs() {
                 let full = kv.key_str().map_err(|e| corrupt(&dir, e))?;
                 // Only direct children are configs; anything deeper is not ours to read.
                 if let Some(name) = self.keys.prefix_name(full) {
-                    out.push((name.to_string(), decode(full, kv.value())?));
+                    let revision = kv.mod_revision() as Revision;
+                    configs.push((name.to_string(), decode(full, kv.value())?, revision));
                 }
             }
             // etcd returns a range sorted by key, like the embedded store's table.
-            Ok(out)
+            Ok(Snapshot {
+                revision: header_revision(resp.header()),
+                configs,
+            })
         })
         .await
     }
 
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
-        self.get_parsed(&self.keys.prefix(key), decode).await
+    async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError> {
+        let key = self.keys.prefix(key);
+        bounded(self.timeout, async {
+            let resp = self
+                .kv()
+                .get(key.as_str(), None)
+                .await
+                .map_err(unavailable)?;
+            Ok(match resp.kvs().first() {
+                Some(kv) => Observed {
+                    config: Some(decode(&key, kv.value())?),
+                    revision: kv.mod_revision() as Revision,
+                },
+                None => Observed {
+                    config: None,
+                    revision: header_revision(resp.header()),
+                },
+            })
+        })
+        .await
     }
 
     /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
@@ -243,7 +270,7 @@ impl Store for EtcdStore {
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Revision), StoreError> {
         let (key, bind_key, json) = (
             self.keys.prefix(key),
             self.keys.seq_reset(key),
@@ -271,7 +298,7 @@ impl Store for EtcdStore {
                     .transpose()?;
                 let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
                 if !outcome.wrote() {
-                    return Ok(outcome);
+                    return Ok((outcome, 0));
                 }
                 let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
                 if let Some(reset) = reset_to_bind(config, bound_reset) {
@@ -283,15 +310,16 @@ impl Store for EtcdStore {
                         unchanged(&bind_key, bound.revision),
                     ])
                     .and_then(writes);
-                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
-                    return Ok(outcome);
+                let resp = kv.txn(txn).await.map_err(unavailable)?;
+                if resp.succeeded() {
+                    return Ok((outcome, header_revision(resp.header())));
                 }
             }
         })
         .await
     }
 
-    async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
+    async fn remove_prefix(&self, key: &str) -> Result<Option<Revision>, StoreError> {
         let key = self.keys.prefix(key);
         bounded(self.timeout, async {
             let resp = self
@@ -299,7 +327,7 @@ impl Store for EtcdStore {
                 .delete(key.as_str(), None)
                 .await
                 .map_err(unavailable)?;
-            Ok(resp.deleted() > 0)
+            Ok((resp.deleted() > 0).then(|| header_revision(resp.header())))
         })
         .await
     }
