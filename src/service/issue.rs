@@ -401,7 +401,8 @@ mod tests {
             tokio::spawn(async move { s2.resume(pending, &mut sink).await.map(|()| sink.numbers) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         clock.advance(2);
-        s.node().extend_ceiling(now + 10);
+        let id = s.node().grant().unwrap().id;
+        s.node().extend_ceiling(id, now + 10);
         let got = task.await.unwrap().unwrap();
         assert_eq!(got.len(), 5000);
         assert!(got.windows(2).all(|w| w[0].1 < w[1].1));
