@@ -3,7 +3,8 @@
 //!
 //! - [`three_nodes_issue_unique_numbers_concurrently`]: distinct worker IDs, configs shared
 //!   at once, no duplicate under load, increasing per connection; throughput and start-up
-//!   time are printed.
+//!   time are printed. Every number string goes to the history checker
+//!   (`common::history`): none repeated per prefix, none going backwards on a connection.
 //!
 //! Each test starts its own etcd and uses its own etcd root, so tests stay independent and
 //! may run in parallel. Tests that wait for a lease to expire or a node to be fenced use
@@ -16,11 +17,13 @@ mod common;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::etcd::Etcd;
+use common::history::{History, Number, Recorder};
 use common::server::{Client, Server};
 
 /// What one client thread drew from one node.
@@ -35,9 +38,10 @@ struct Drawn {
 const SNOW_SIZES: [u64; 12] = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 25, 300];
 const SEQ_SIZES: [u64; 6] = [1, 1, 1, 1, 10, 50];
 
-/// One keep-alive connection drawing `snow` snowflake and `seq` sequence numbers, checking
-/// that each prefix's numbers increase on it.
-fn hammer(addr: SocketAddr, snow: u64, seq: u64, salt: usize) -> Drawn {
+/// One keep-alive connection drawing `snow` snowflake and `seq` sequence numbers, each
+/// recorded with `rec` (one ordered stream: the history checker sees that each prefix's
+/// numbers increase on it).
+fn hammer(addr: SocketAddr, snow: u64, seq: u64, salt: usize, mut rec: Recorder) -> Drawn {
     let mut c = Client::connect(addr).expect("connect");
     let mut out = Drawn::default();
     let (mut i, mut j) = (salt, salt);
@@ -47,6 +51,7 @@ fn hammer(addr: SocketAddr, snow: u64, seq: u64, salt: usize) -> Drawn {
             let n = SNOW_SIZES[i % SNOW_SIZES.len()].min(left);
             i += 1;
             let got = draw(&mut c, "SF", n).unwrap_or_else(|r| panic!("SF: {}", r.text()));
+            record(&mut rec, "SF", &got);
             out.snow.extend(got.iter().map(|n| n.id));
             out.requests += 1;
         }
@@ -55,22 +60,29 @@ fn hammer(addr: SocketAddr, snow: u64, seq: u64, salt: usize) -> Drawn {
             let n = SEQ_SIZES[j % SEQ_SIZES.len()].min(left);
             j += 1;
             let got = draw(&mut c, "SQ", n).unwrap_or_else(|r| panic!("SQ: {}", r.text()));
+            record(&mut rec, "SQ", &got);
             out.seq.extend(got.iter().map(|n| n.id));
             out.requests += 1;
         }
     }
-    assert_increasing(&out.snow, "SF on one connection");
-    assert_increasing(&out.seq, "SQ on one connection");
     out
 }
 
 /// Draws from every `addrs` node on `threads` connections each for `for_` with `count` per
-/// request (text/plain); returns the numbers and the request count.
-fn flood(addrs: &[SocketAddr], threads: usize, count: u64, for_: Duration) -> (Vec<u64>, u64) {
+/// request (text/plain), recording each connection's lines into `history`; returns how
+/// many numbers and requests.
+fn flood(
+    addrs: &[SocketAddr],
+    threads: usize,
+    count: u64,
+    for_: Duration,
+    history: &Arc<History>,
+) -> (usize, u64) {
     let handles: Vec<_> = addrs
         .iter()
         .flat_map(|&a| std::iter::repeat_n(a, threads))
         .map(|addr| {
+            let mut rec = history.recorder(addr.to_string());
             thread::spawn(move || {
                 let mut c = Client::connect(addr).expect("connect");
                 let path = if count == 1 {
@@ -78,7 +90,7 @@ fn flood(addrs: &[SocketAddr], threads: usize, count: u64, for_: Duration) -> (V
                 } else {
                     format!("/numbers/TP?count={count}")
                 };
-                let (mut got, mut requests) = (Vec::new(), 0u64);
+                let (mut got, mut requests) = (0, 0u64);
                 let end = Instant::now() + for_;
                 while Instant::now() < end {
                     let r = c
@@ -86,20 +98,31 @@ fn flood(addrs: &[SocketAddr], threads: usize, count: u64, for_: Duration) -> (V
                         .expect("request");
                     assert_eq!(r.status, 200, "{}", r.text());
                     requests += 1;
-                    for line in r.text().lines() {
-                        let id = line.strip_prefix("TP-").and_then(|i| i.parse::<u64>().ok());
-                        got.push(id.unwrap_or_else(|| panic!("line {line:?}")));
-                    }
+                    let text = r.text();
+                    let numbers: Vec<Number> = text
+                        .lines()
+                        .map(|line| {
+                            let id = line
+                                .strip_prefix("TP-")
+                                .filter(|i| i.parse::<u64>().is_ok());
+                            Number {
+                                number: line.to_owned(),
+                                id: id.unwrap_or_else(|| panic!("line {line:?}")).to_owned(),
+                                degraded: false,
+                            }
+                        })
+                        .collect();
+                    got += numbers.len();
+                    rec.record("TP", &numbers);
                 }
                 (got, requests)
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut requests = 0;
+    let (mut all, mut requests) = (0, 0);
     for h in handles {
         let (got, r) = h.join().expect("flood thread");
-        all.extend(got);
+        all += got;
         requests += r;
     }
     (all, requests)
@@ -161,13 +184,15 @@ fn three_nodes_issue_unique_numbers_concurrently() {
     const SEQ: u64 = 10_000;
     const PER_NODE: usize = 3;
     let conns = (servers.len() * PER_NODE) as u64;
+    let history = History::new();
     let t0 = Instant::now();
     let handles: Vec<_> = (0..conns as usize)
         .map(|k| {
             let addr = servers[k / PER_NODE].addr();
             let snow = SNOW / conns + u64::from((k as u64) < SNOW % conns);
             let seq = SEQ / conns + u64::from((k as u64) < SEQ % conns);
-            thread::spawn(move || (k / PER_NODE, hammer(addr, snow, seq, k * 7)))
+            let rec = history.recorder(addr.to_string());
+            thread::spawn(move || (k / PER_NODE, hammer(addr, snow, seq, k * 7, rec)))
         })
         .collect();
     let results: Vec<(usize, Drawn)> = handles
@@ -176,13 +201,15 @@ fn three_nodes_issue_unique_numbers_concurrently() {
         .collect();
     let took = t0.elapsed();
 
-    let mut snow = HashSet::new();
-    let mut seq = HashSet::new();
+    // Nothing repeated across nodes, nothing backwards on a connection.
+    let report = history.assert_clean();
+    assert_eq!(report.numbers as u64, SNOW + SEQ);
     let mut requests = 0;
+    let mut highest_seq = 0;
     for (node, d) in &results {
-        add_unique(&mut snow, d.snow.iter().copied(), "SF across nodes");
-        add_unique(&mut seq, d.seq.iter().copied(), "SQ across nodes");
         requests += d.requests;
+        highest_seq = highest_seq.max(d.seq.iter().copied().max().unwrap_or(0));
+        assert!(d.seq.iter().all(|&n| n >= 1), "sequence numbers start at 1");
         // Every snowflake number carries the worker ID of the node that issued it.
         let w = workers[*node];
         if let Some(bad) = d.snow.iter().find(|&&id| worker_of(id, 6) != w) {
@@ -192,9 +219,6 @@ fn three_nodes_issue_unique_numbers_concurrently() {
             );
         }
     }
-    assert_eq!(snow.len() as u64, SNOW);
-    assert_eq!(seq.len() as u64, SEQ);
-    assert!(seq.iter().all(|&n| n >= 1), "sequence numbers start at 1");
     for (k, s) in servers.iter().enumerate() {
         let id = results
             .iter()
@@ -214,24 +238,24 @@ fn three_nodes_issue_unique_numbers_concurrently() {
         requests,
         (SNOW + SEQ) as f64 / took.as_secs_f64(),
         requests as f64 / took.as_secs_f64(),
-        seq.iter().max().copied().unwrap_or(0)
+        highest_seq
     );
 
     // Throughput from three nodes at once (informational): batches, then single requests.
     let addrs: Vec<SocketAddr> = servers.iter().map(Server::addr).collect();
-    let mut tp = HashSet::new();
+    let tp = History::new();
     for (count, label) in [(1000, "batches of 1000"), (1, "single requests")] {
         let for_ = Duration::from_secs(2);
         let t0 = Instant::now();
-        let (got, requests) = flood(&addrs, 2, count, for_);
+        let (got, requests) = flood(&addrs, 2, count, for_, &tp);
         let secs = t0.elapsed().as_secs_f64();
         println!(
             "measure: 3 nodes x 2 connections, {label}: {:.0} numbers/s ({:.0} requests/s)",
-            got.len() as f64 / secs,
+            got as f64 / secs,
             requests as f64 / secs
         );
-        add_unique(&mut tp, got, "TP across nodes");
     }
+    tp.assert_clean();
     for s in &servers {
         assert_eq!(ready(s).0, 200);
     }
