@@ -22,7 +22,8 @@ pub fn fence_margin(lease_ttl_s: u64) -> Duration {
     (Duration::from_secs(lease_ttl_s) / 5).max(MIN_FENCE_MARGIN)
 }
 
-/// How long after the last confirmed renewal the node is fenced: the TTL minus the margin.
+/// How long after the lease's grant (from before it was asked for) or its last confirmed
+/// renewal (from when that renewal was sent) the node is fenced: the TTL minus the margin.
 pub fn fence_after(lease_ttl_s: u64) -> Duration {
     Duration::from_secs(lease_ttl_s).saturating_sub(fence_margin(lease_ttl_s))
 }
