@@ -37,12 +37,13 @@ pub async fn watch_skew(
             _ = stop.changed() => return,
         }
         // Fewer than two peers answered: no judgement, keep what was measured last.
-        let measured = measure(&registry).await;
-        if let Some(offset) = measured {
-            registry.set_offset(offset);
-            metrics.clock_offset_ms.set(offset);
-            node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);
-        }
+        let Some(offset) = measure(&registry).await else {
+            node.mark_skew_checked();
+            continue;
+        };
+        registry.set_offset(offset);
+        metrics.clock_offset_ms.set(offset);
+        node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);
         node.mark_skew_checked();
     }
 }
