@@ -46,10 +46,10 @@ pub struct Entry {
     pub config: PrefixConfig,
     pub(super) template: Template,
     pub(super) kind: Kind,
-    /// `numgen_numbers_issued_total{prefix,mode}`, looked up once.
-    pub(super) issued: IntCounter,
     /// The store revision of `config` (a later write of the same config moves it up).
     revision: AtomicU64,
+    /// `numgen_numbers_issued_total{prefix,mode}`, looked up once.
+    pub(super) issued: IntCounter,
 }
 
 impl Entry {
@@ -193,8 +193,8 @@ impl Registry {
             config,
             template,
             kind,
-            issued,
             revision: AtomicU64::new(revision),
+            issued,
         })
     }
 
