@@ -281,6 +281,7 @@ impl NumgenGenerator {
                 degraded: None,
                 max_wait: 5,
                 on_ahead: Policy::Degrade,
+                logical: false,
             },
             layout,
             prefixes: (0..PREFIXES).map(|_| LastIssued::new()).collect(),

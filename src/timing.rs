@@ -22,7 +22,8 @@ pub fn fence_margin(lease_ttl_s: u64) -> Duration {
     (Duration::from_secs(lease_ttl_s) / 5).max(MIN_FENCE_MARGIN)
 }
 
-/// How long after the last confirmed renewal the node is fenced: the TTL minus the margin.
+/// How long after the lease's grant (from before it was asked for) or its last confirmed
+/// renewal (from when that renewal was sent) the node is fenced: the TTL minus the margin.
 pub fn fence_after(lease_ttl_s: u64) -> Duration {
     Duration::from_secs(lease_ttl_s).saturating_sub(fence_margin(lease_ttl_s))
 }
@@ -92,11 +93,33 @@ pub const RESERVATION_POLL: Duration = Duration::from_millis(20);
 /// The wait before reading the prefix configs again after a failed read or watch.
 pub const WATCH_RETRY: Duration = Duration::from_secs(1);
 
+/// The wait before a background task asks the store again how an admin write that timed
+/// out ended, after the store failed (after a timeout it asks again at once: the question
+/// waits in the store's queue) (`service::admin`).
+pub const SETTLE_RETRY: Duration = Duration::from_secs(1);
+
 /// How often a cluster node measures its clock against its peers.
 pub const SKEW_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one peer's clock probe (all of its round trips) may take.
 pub const SKEW_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a cluster node waits, before it claims a worker ID, for its first look at its
+/// peers' clocks (a read of the registry, then the probes): when they find its clock ahead
+/// it reserves on their time from the start. It claims anyway after this.
+pub const FIRST_SKEW_CHECK_WAIT: Duration = Duration::from_secs(4);
+
+/// While a node runs on its peers' time (they judge its clock ahead), its correction only
+/// shrinks, so that the node's time does not step back with the noise of each estimate;
+/// a clock that got further ahead than this since is followed again.
+pub const SKEW_REGROW: Duration = Duration::from_secs(1);
+
+/// A worker ID's persisted mark this far ahead of a starting node's clock is implausible:
+/// a correct node reserves at most the reservation window (at most 6 minutes, with
+/// `lease_ttl_s` 300) ahead of a clock within `max_skew_ms` of its peers, so such a mark was
+/// written by a clock that ran far ahead. A cluster node skips that worker ID (WARN) rather
+/// than wait (or degrade) until its clock gets there.
+pub const IMPLAUSIBLE_MARK_AHEAD: Duration = Duration::from_secs(3600);
 
 /// How often the clock is read without traffic (ends backward episodes, sees jumps).
 pub const CLOCK_WATCH_TICK: Duration = Duration::from_millis(100);

@@ -12,7 +12,7 @@
 //! sources in `tests/store_conformance.rs`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -41,12 +41,20 @@ pub struct WorkerClaim {
     pub hwm_ms: Option<u64>,
     /// The backend's handle on the claim (the etcd lease ID; 0 standalone).
     pub lease: i64,
+    /// When the node must count the claim as lost unless it was renewed by then (cluster
+    /// mode: the lease's grant, taken before the grant request was sent, plus the fence
+    /// time); `None`: never (standalone).
+    pub fence_at: Option<Instant>,
+    /// The id of the node's grant installed for this claim ([`acquire`]; 0 before).
+    pub grant: u64,
 }
 
 #[async_trait]
 pub trait WorkerSource: Send + Sync + 'static {
-    /// Takes a worker ID, with the highest timestamp it may have been used with.
-    async fn acquire(&self) -> Result<WorkerClaim, WorkerError>;
+    /// Takes a worker ID, with the highest timestamp it may have been used with. `now_ms`
+    /// is the node's time: a source with a choice skips an ID whose mark is implausibly far
+    /// ahead of it ([`timing::IMPLAUSIBLE_MARK_AHEAD`]).
+    async fn acquire(&self, now_ms: u64) -> Result<WorkerClaim, WorkerError>;
     /// Raises the ID's persisted high timestamp to `unix_ms`, while the claim still holds.
     /// Never lowers it: a late call below an earlier one leaves the mark where it was.
     async fn reserve(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError>;
@@ -71,13 +79,16 @@ impl StaticWorker {
 
 #[async_trait]
 impl WorkerSource for StaticWorker {
-    async fn acquire(&self) -> Result<WorkerClaim, WorkerError> {
+    /// The configured ID, whatever its mark: there is no other to take.
+    async fn acquire(&self, _now_ms: u64) -> Result<WorkerClaim, WorkerError> {
         let hwm_ms = self.store.load_hwm(self.dc, self.worker).await?;
         Ok(WorkerClaim {
             dc: self.dc,
             worker: self.worker,
             hwm_ms,
             lease: 0,
+            fence_at: None,
+            grant: 0,
         })
     }
 
@@ -95,16 +106,25 @@ impl WorkerSource for StaticWorker {
 
 /// Takes a worker ID from `source` and installs it in `node`: the floor is above both the
 /// ID's persisted high timestamp and the previous grant's reservation, and a window ahead
-/// of the clock is persisted before any number uses it.
+/// of the clock is persisted before any number uses it. A claim that took so long that its
+/// fence time has passed is installed fenced.
 pub async fn acquire(node: &Node, source: &dyn WorkerSource) -> Result<WorkerClaim, WorkerError> {
-    let claim = source.acquire().await?;
     let layout = node.layout();
+    let mut claim = source.acquire(node.latest_time_ms()).await?;
     let persisted = claim.hwm_ms.map_or(0, |ms| layout.units_at(ms));
     let previous = node.grant().map_or(0, |g| g.ceiling);
     let floor = persisted.max(previous);
     let ceiling = node.now_units().max(floor) + node.window_units();
     source.reserve(&claim, layout.unix_ms_at(ceiling)).await?;
-    node.install_grant(claim.dc, claim.worker, floor, ceiling);
+    claim.grant = if claim.fence_at.is_some_and(|t| Instant::now() >= t) {
+        tracing::warn!(
+            worker = claim.worker,
+            "claiming the worker ID took longer than the fence allows: fenced until a renewal succeeds"
+        );
+        node.install_fenced_grant(claim.dc, claim.worker, floor, ceiling)
+    } else {
+        node.install_grant(claim.dc, claim.worker, floor, ceiling)
+    };
     tracing::info!(
         dc = claim.dc,
         worker = claim.worker,
@@ -119,11 +139,19 @@ pub async fn acquire(node: &Node, source: &dyn WorkerSource) -> Result<WorkerCla
 pub fn handle_start_gap(node: &Arc<Node>, window: Duration) {
     let Some(grant) = node.grant() else { return };
     let layout = *node.layout();
-    let wall = layout.units_at(node.clock().now_ms());
+    let wall = node.wall_units();
     if grant.floor <= wall {
         return;
     }
     let gap_ms = (grant.floor - wall) * layout.time_unit_ms();
+    if gap_ms > timing::IMPLAUSIBLE_MARK_AHEAD.as_millis() as u64 {
+        // Standalone has no other worker ID to take (a cluster node skips this one).
+        tracing::warn!(
+            worker = grant.worker,
+            gap_ms,
+            "this worker ID's reserved timestamp is implausibly far ahead of the clock (a clock that ran ahead wrote it); configure another worker ID to issue normal numbers"
+        );
+    }
     if gap_ms <= window.as_millis() as u64 {
         tracing::info!(
             gap_ms,
@@ -157,7 +185,8 @@ fn renew_margin_units(node: &Node) -> u64 {
 
 /// Keeps the current grant's timestamps reserved a window ahead of the node's time, until
 /// `stop` turns true. Renews early when a request hits the ceiling (a logical clock ahead of
-/// the wall clock uses timestamps faster than time passes).
+/// the wall clock uses timestamps faster than time passes). A reservation extends only the
+/// grant it was made for: when the claim changed meanwhile, it counts for nothing.
 pub async fn keep_reserved(
     node: Arc<Node>,
     source: Arc<dyn WorkerSource>,
@@ -180,7 +209,9 @@ pub async fn keep_reserved(
         let Some(current) = claim.borrow().clone() else {
             continue;
         };
-        let Some(grant) = node.grant() else { continue };
+        let Some(grant) = node.grant().filter(|g| g.id == current.grant) else {
+            continue;
+        };
         if node.lease_lost() {
             continue;
         }
@@ -190,13 +221,16 @@ pub async fn keep_reserved(
             continue;
         }
         let base = if hit { ceiling.max(now) } else { now };
-        let target = base + node.window_units();
+        let target = (base + node.window_units()).min(node.reservation_limit());
+        if target <= ceiling {
+            continue;
+        }
         match source
             .reserve(&current, node.layout().unix_ms_at(target))
             .await
         {
             Ok(()) => {
-                node.extend_ceiling(target);
+                node.extend_ceiling(grant.id, target);
                 if failures > 0 {
                     tracing::info!(after = failures, "timestamp reservation renewed again");
                 }
@@ -251,12 +285,14 @@ mod tests {
 
     #[async_trait]
     impl WorkerSource for MemoryWorker {
-        async fn acquire(&self) -> Result<WorkerClaim, WorkerError> {
+        async fn acquire(&self, _: u64) -> Result<WorkerClaim, WorkerError> {
             Ok(WorkerClaim {
                 dc: 0,
                 worker: 0,
                 hwm_ms: self.mark(),
                 lease: 0,
+                fence_at: None,
+                grant: 0,
             })
         }
         async fn reserve(&self, _: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
@@ -344,6 +380,84 @@ mod tests {
         assert!(issued >= 3000 * 4096, "{issued} after {ceilings} ceilings");
         stop_tx.send(true).unwrap();
         task.await.unwrap();
+    }
+
+    /// A [`MemoryWorker`] whose reservations, once `hold` is set, wait for the test.
+    #[derive(Default)]
+    struct HeldWorker {
+        memory: MemoryWorker,
+        hold: std::sync::atomic::AtomicBool,
+        arrived: tokio::sync::Notify,
+        release: tokio::sync::Notify,
+        /// Returned by `acquire` as the claim's fence time.
+        fence_at: Mutex<Option<Instant>>,
+    }
+
+    #[async_trait]
+    impl WorkerSource for HeldWorker {
+        async fn acquire(&self, now_ms: u64) -> Result<WorkerClaim, WorkerError> {
+            let claim = self.memory.acquire(now_ms).await?;
+            let fence_at = *self.fence_at.lock().unwrap();
+            Ok(WorkerClaim { fence_at, ..claim })
+        }
+        async fn reserve(&self, c: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
+            if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
+                self.arrived.notify_one();
+                self.release.notified().await;
+            }
+            self.memory.reserve(c, unix_ms).await
+        }
+        async fn release(&self, c: &WorkerClaim, unix_ms: u64) -> Result<(), WorkerError> {
+            self.memory.release(c, unix_ms).await
+        }
+    }
+
+    /// Finding 8: a renewal that was in flight when the node took a new grant (its lease
+    /// expired, it claimed another worker ID) must not raise the new grant's ceiling: the
+    /// mark it persisted belongs to the old worker ID.
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_extends_only_the_grant_it_was_made_for() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let source = Arc::new(HeldWorker::default());
+        let n = node(clock.clone());
+        let claim = acquire(&n, source.as_ref()).await.unwrap();
+        assert_eq!(claim.grant, n.grant().unwrap().id);
+        let (_claim_tx, claim_rx) = watch::channel(Some(claim));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(keep_reserved(n.clone(), source.clone(), claim_rx, stop_rx));
+
+        source.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+        clock.advance(1500);
+        source.arrived.notified().await;
+        // Meanwhile the node holds another worker ID, reserved only a little ahead.
+        let now = n.now_units();
+        let other = n.install_grant(0, 7, now, now + 10);
+        source.release.notify_one();
+        tokio::time::sleep(timing::reserve_tick(WINDOW) * 4).await;
+        let grant = n.grant().unwrap();
+        assert_eq!((grant.id, grant.worker), (other, 7));
+        assert_eq!(grant.ceiling, now + 10, "worker 7's ceiling moved");
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    /// Finding 8: a claim whose fence time passed before it was installed (the claim took
+    /// longer than the lease allows) starts fenced: not one normal number is issued with it.
+    #[tokio::test]
+    async fn a_claim_that_outlasted_its_fence_time_starts_fenced() {
+        let source = HeldWorker::default();
+        *source.fence_at.lock().unwrap() = Some(Instant::now());
+        let n = node(Arc::new(ManualClock::new(T0)));
+        acquire(&n, &source).await.unwrap();
+        assert!(n.lease_lost());
+        assert_eq!(n.readiness().reasons, vec!["lease_lost"]);
+        let issued = n.try_issue(&LastIssued::new(), 10).unwrap();
+        assert!(issued.batch.degraded.is_some());
+        // In time, it starts normal.
+        *source.fence_at.lock().unwrap() = Some(Instant::now() + Duration::from_secs(60));
+        let n = node(Arc::new(ManualClock::new(T0)));
+        acquire(&n, &source).await.unwrap();
+        assert!(!n.lease_lost());
     }
 
     /// A node whose worker ID's floor is `ahead_ms` ahead of its clock.

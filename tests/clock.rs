@@ -17,11 +17,12 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::etcd::Etcd;
 use common::faketime::FakeClock;
+use common::history::{History, Number, Recorder};
 use common::server::{Client, Resp, Server, ServerOpts, assert_error, random_token};
 use serde_json::Value;
 
@@ -123,21 +124,35 @@ fn request(c: &mut Client, key: &str, count: u64) -> Resp {
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
 
-/// Every number drawn from one node, checked as it comes: strictly increasing, never repeated.
-#[derive(Default)]
+/// Every number drawn from one node process, one ordered stream of a test's [`History`]
+/// (checked at the end with `assert_clean`: no number string or id repeated, across all
+/// the test's nodes, and none going backwards on a node).
 struct Ledger {
-    seen: HashSet<u64>,
+    rec: Recorder,
     last: Option<u64>,
     degraded: u64,
 }
 
 impl Ledger {
+    fn new(history: &Arc<History>, node: &str) -> Ledger {
+        Ledger {
+            rec: history.recorder(node),
+            last: None,
+            degraded: 0,
+        }
+    }
+
     fn add(&mut self, list: Vec<Drawn>) -> Vec<Drawn> {
+        let numbers: Vec<Number> = list
+            .iter()
+            .map(|d| Number {
+                number: d.number.clone(),
+                id: d.id.to_string(),
+                degraded: d.degraded,
+            })
+            .collect();
+        self.rec.record("CLK", &numbers);
         for d in &list {
-            if let Some(last) = self.last {
-                assert!(d.id > last, "{} after {last}: went backward", d.id);
-            }
-            assert!(self.seen.insert(d.id), "{} issued twice", d.id);
             self.last = Some(d.id);
             self.degraded += u64::from(d.degraded);
         }
@@ -250,7 +265,8 @@ fn a_ten_second_step_back_is_degraded_from_the_last_timestamp_until_the_clock_pa
     };
     let s = start_standalone(&clock, ServerOpts::default());
     let mut c = s.client();
-    let mut ledger = Ledger::default();
+    let history = History::new();
+    let mut ledger = Ledger::new(&history, "standalone");
 
     let before = ledger.draw_mixed(&mut c, "CLK", 10, 50);
     assert!(before.iter().all(|d| !d.degraded), "{before:?}");
@@ -343,6 +359,8 @@ fn a_ten_second_step_back_is_degraded_from_the_last_timestamp_until_the_clock_pa
         metric(&s, r#"numgen_degraded_total{reason="clock_skew"}"#),
         0.0
     );
+    drop(ledger);
+    history.assert_clean();
 }
 
 #[test]
@@ -357,7 +375,8 @@ fn under_reject_a_ten_second_step_back_answers_503_until_the_clock_passes_the_la
             .arg("reject"),
     );
     let mut c = s.client();
-    let mut ledger = Ledger::default();
+    let history = History::new();
+    let mut ledger = Ledger::new(&history, "standalone");
     let before = ledger.draw_mixed(&mut c, "CLK", 5, 100);
     assert!(before.iter().all(|d| !d.degraded));
 
@@ -396,6 +415,8 @@ fn under_reject_a_ten_second_step_back_answers_503_until_the_clock_passes_the_la
         metric(&s, r#"numgen_degraded_total{reason="clock_backward"}"#),
         0.0
     );
+    drop(ledger);
+    history.assert_clean();
 }
 
 #[test]
@@ -406,7 +427,8 @@ fn steps_back_within_max_backward_wait_are_absorbed_and_larger_ones_are_not() {
     // Default max_backward_wait_ms = 5: back and forth by 3 ms, many times.
     let s = start_standalone(&clock, ServerOpts::default());
     let mut c = s.client();
-    let mut ledger = Ledger::default();
+    let history = History::new();
+    let mut ledger = Ledger::new(&history, "first");
     for _ in 0..25 {
         clock.set("-0.003");
         ledger.draw_mixed(&mut c, "CLK", 2, 100);
@@ -429,6 +451,8 @@ fn steps_back_within_max_backward_wait_are_absorbed_and_larger_ones_are_not() {
         1,
         "only the 1.5 s step is an episode"
     );
+    drop(ledger);
+    history.assert_clean();
     drop(s);
 
     // The threshold is the configured one: 1000 ms absorbs a 500 ms step, not a 3 s one.
@@ -439,7 +463,9 @@ fn steps_back_within_max_backward_wait_are_absorbed_and_larger_ones_are_not() {
             .arg("1000"),
     );
     let mut c = s.client();
-    let mut ledger = Ledger::default();
+    // Another data dir: another node's numbers, which may repeat the first one's.
+    let history = History::new();
+    let mut ledger = Ledger::new(&history, "second");
     ledger.draw_mixed(&mut c, "CLK", 3, 100);
     clock.set("-0.5");
     assert_clock_moved(&s, -500);
@@ -466,6 +492,8 @@ fn steps_back_within_max_backward_wait_are_absorbed_and_larger_ones_are_not() {
         1,
         "only the 3 s step is an episode: {starts:?}"
     );
+    drop(ledger);
+    history.assert_clean();
 }
 
 #[test]
@@ -475,7 +503,8 @@ fn a_forward_jump_is_logged_and_counted_and_numbers_stay_valid() {
     };
     let s = start_standalone(&clock, ServerOpts::default());
     let mut c = s.client();
-    let mut ledger = Ledger::default();
+    let history = History::new();
+    let mut ledger = Ledger::new(&history, "standalone");
     ledger.draw_mixed(&mut c, "CLK", 5, 100);
     assert_eq!(metric(&s, "numgen_clock_forward_jumps_total"), 0.0);
 
@@ -503,6 +532,8 @@ fn a_forward_jump_is_logged_and_counted_and_numbers_stay_valid() {
     );
     assert_eq!(ready(&s).0, 200);
     assert_eq!(episodes(&s, "clock_backward").0.len(), 0);
+    drop(ledger);
+    history.assert_clean();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -556,7 +587,11 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
     }
     register(&a, "CLK");
     let mut clients: Vec<Client> = nodes.iter().map(|s| s.client()).collect();
-    let mut ledgers: Vec<Ledger> = (0..3).map(|_| Ledger::default()).collect();
+    let history = History::new();
+    let mut ledgers: Vec<Ledger> = ["a", "b", "fast"]
+        .iter()
+        .map(|n| Ledger::new(&history, n))
+        .collect();
     for i in 0..3 {
         let c = &mut clients[i];
         let got = wait_for("the prefix is known on every node", SETTLE, || {
@@ -661,11 +696,159 @@ fn a_node_five_seconds_ahead_of_its_peers_is_degraded_until_its_clock_is_put_rig
     }
 
     // Nothing repeats across the three nodes.
-    let mut all = HashSet::new();
-    for l in &ledgers {
-        for id in &l.seen {
-            assert!(all.insert(*id), "{id} issued by two nodes");
-        }
+    drop(ledgers);
+    let report = history.assert_clean();
+    assert!(report.numbers > 3_000, "{}", report.numbers);
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster: a clock a year ahead (issue 10, finding 9)
+
+/// Cluster-mode options on `etcd` under `root` (3 s leases: the window is 4 s).
+fn cluster_opts(etcd: &Etcd, root: &str) -> ServerOpts {
+    ServerOpts::default()
+        .admin_token("t")
+        .arg("--etcd-endpoints")
+        .arg(etcd.endpoint())
+        .arg("--etcd-root")
+        .arg(root)
+        .arg("--lease-ttl-s")
+        .arg("3")
+}
+
+/// The persisted high timestamp of worker `w` (datacenter 0) under `root`.
+fn etcd_mark(etcd: &Etcd, root: &str, w: i64) -> Option<u64> {
+    let key = format!("{root}/hwm/0/{w}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .expect("connect to etcd");
+        let r = c.get(key, None).await.expect("get");
+        r.kvs().first()?.value_str().ok()?.parse().ok()
+    })
+}
+
+const YEAR_MS: i64 = 365 * 86_400_000;
+
+/// A node whose clock is a year ahead starts among two normal peers: they judge it ahead
+/// before it claims a worker ID, so it reserves — and issues, degraded — on their time. Its
+/// worker ID's mark never goes beyond the peers' time plus the reservation window (4 s),
+/// so the ID stays usable for everyone else.
+#[test]
+fn a_node_a_year_ahead_of_two_peers_never_pushes_its_mark_past_their_time() {
+    let Some(clock) = FakeClock::new("+365d") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let root = format!("/year-ahead-{}", random_token());
+    let a = Server::start(cluster_opts(&etcd, &root));
+    let b = Server::start(cluster_opts(&etcd, &root));
+    for s in [&a, &b] {
+        wait_ready(s, SETTLE);
     }
-    assert!(all.len() > 3_000, "{}", all.len());
+    let fast = Server::start(clock.apply(cluster_opts(&etcd, &root)));
+    assert_clock_moved(&fast, YEAR_MS);
+    let worker = wait_for("the fast node's worker ID", SETTLE, || {
+        let w = metric(&fast, "numgen_worker_id") as i64;
+        (w >= 0).then_some(w)
+    });
+    register(&a, "CLK");
+    let history = History::new();
+    let nodes = [("a", &a), ("b", &b), ("fast", &fast)];
+    let mut clients: Vec<Client> = nodes.iter().map(|(_, s)| s.client()).collect();
+    let mut ledgers: Vec<Ledger> = nodes
+        .iter()
+        .map(|(n, _)| Ledger::new(&history, n))
+        .collect();
+    // Several renewals of the reservation (every second or so): the mark stays near the
+    // peers' time, never a year ahead.
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut highest_ahead = i64::MIN;
+    while Instant::now() < until {
+        for i in 0..3 {
+            let r = request(&mut clients[i], "CLK", 20);
+            if r.status == 200 {
+                let got = ledgers[i].add(numbers_of(&r));
+                if i == 2 {
+                    assert!(got.iter().all(|d| d.degraded), "{got:?}");
+                }
+            }
+        }
+        let mark = etcd_mark(&etcd, &root, worker).expect("the fast node's mark");
+        let ahead = mark as i64 - now_ms();
+        highest_ahead = highest_ahead.max(ahead);
+        assert!(
+            ahead < 6_000,
+            "worker {worker}'s mark is {ahead} ms ahead of the peers' time\n{}",
+            fast.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("measure: the fast node's mark at most {highest_ahead} ms ahead of real time");
+    assert!(ledgers[2].degraded > 0, "the fast node issued nothing");
+    let (status, state, reasons) = ready(&fast);
+    assert_eq!(
+        (status, state.as_str(), reasons),
+        (503, "degraded", vec!["clock_skew".to_string()])
+    );
+    // Its numbers carry the peers' time, not its own.
+    let last = decode(&fast, ledgers[2].last.unwrap_or_default());
+    let ts = last["timestamp_ms"].as_i64().expect("timestamp_ms");
+    assert!((ts - now_ms()).abs() < 6_000, "{last}");
+    drop(ledgers);
+    history.assert_clean();
+}
+
+/// A node ran alone with its clock a year ahead (no peers to judge it) and wrote that into
+/// its worker ID's mark. Restarted with its clock put right, it skips that worker ID (WARN
+/// naming it) and takes another, ready and normal at once, rather than wait a year.
+#[test]
+fn a_restart_that_finds_a_far_ahead_mark_skips_that_worker_id() {
+    let Some(clock) = FakeClock::new("+365d") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let root = format!("/far-mark-{}", random_token());
+    let mut s = Server::start(clock.apply(cluster_opts(&etcd, &root)));
+    wait_ready(&s, SETTLE);
+    assert_eq!(metric(&s, "numgen_worker_id"), 0.0);
+    register(&s, "CLK");
+    let history = History::new();
+    let mut before = Ledger::new(&history, "a year ahead");
+    before.draw_mixed(&mut s.client(), "CLK", 3, 100);
+    let mark = etcd_mark(&etcd, &root, 0).expect("worker 0's mark");
+    assert!(mark as i64 - now_ms() > YEAR_MS - 60_000, "mark {mark}");
+
+    clock.set("+0");
+    s.restart();
+    assert_clock_moved(&s, 0);
+    let warn = wait_for("a WARN naming the skipped worker ID", SETTLE, || {
+        s.log_records().into_iter().find(|r| {
+            r["level"] == "WARN"
+                && r["worker"] == 0
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("implausibly far ahead"))
+        })
+    });
+    println!("observe: {warn}");
+    wait_ready(&s, SETTLE);
+    assert_eq!(metric(&s, "numgen_worker_id"), 1.0);
+    let mut after = Ledger::new(&history, "put right");
+    let got = after.draw_mixed(&mut s.client(), "CLK", 5, 100);
+    assert!(got.iter().all(|d| !d.degraded), "{got:?}");
+    let ts = decode(&s, after.last.unwrap_or_default())["timestamp_ms"]
+        .as_i64()
+        .expect("timestamp_ms");
+    assert!((ts - now_ms()).abs() < 5_000, "timestamp {ts}");
+    drop((before, after));
+    history.assert_clean();
 }

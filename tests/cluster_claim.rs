@@ -44,17 +44,16 @@ fn crashes_restarts_and_graceful_stops_never_repeat() {
     );
     register(&a, "SF", "snowflake");
     register(&a, "SQ", "sequence");
-    let mut snow = HashSet::new();
-    let mut seq = HashSet::new();
+    // Every number drawn, checked at the end: no number string or id repeated per prefix.
+    let mut h = Checked::new();
     for s in [&a, &b, &survivor] {
-        add_unique(&mut snow, ids(&take(s, "SF", 500)), "SF");
-        add_unique(&mut seq, ids(&take(s, "SQ", 50)), "SQ");
+        h.take(s, "SF", 500);
+        h.take(s, "SQ", 50);
     }
 
     // SIGTERM: the lease is revoked, the worker key is gone and the ID free at once.
-    let from_b = ids(&take(&b, "SF", 2000));
+    let from_b = ids(&h.take(&b, "SF", 2000));
     let b_last = *from_b.iter().max().expect("numbers");
-    add_unique(&mut snow, from_b, "SF");
     let status = b.terminate();
     assert!(status.success(), "SIGTERM: {status}");
     let gone = Instant::now();
@@ -77,19 +76,18 @@ fn crashes_restarts_and_graceful_stops_never_repeat() {
     // A new node takes the lowest free ID, 1, above what the stopped node used.
     let (d, _) = c.start_ready(&[]);
     assert_eq!(worker_metric(&d), 1, "{}", tail(&d));
-    let first = take(&d, "SF", 1)[0].id;
+    let first = h.take(&d, "SF", 1)[0].id;
     assert!(
         first > b_last,
         "the new owner of worker 1 issued {first}, not above the old owner's {b_last}"
     );
-    add_unique(&mut snow, [first], "SF after a graceful handover");
-    add_unique(&mut snow, ids(&take(&d, "SF", 1000)), "SF");
-    add_unique(&mut seq, ids(&take(&d, "SQ", 50)), "SQ");
+    h.take(&d, "SF", 1000);
+    h.take(&d, "SQ", 50);
 
     // kill -9 and restart at once: the crashed lease still holds worker 0, so the restarted
     // process takes another ID; nothing repeats either way.
-    add_unique(&mut snow, ids(&take(&a, "SF", 2000)), "SF");
-    add_unique(&mut seq, ids(&take(&a, "SQ", 10)), "SQ");
+    h.take(&a, "SF", 2000);
+    h.take(&a, "SQ", 10);
     a.kill9();
     // The crashed process can write nothing more: this is worker 0's final reservation.
     let mark = hwm(&c, 0);
@@ -97,8 +95,8 @@ fn crashes_restarts_and_graceful_stops_never_repeat() {
     wait_ready(&a, FEW_SECONDS);
     let a_worker = worker_metric(&a);
     println!("restarted right after kill -9: took worker {a_worker}");
-    add_unique(&mut snow, ids(&take(&a, "SF", 2000)), "SF after kill -9");
-    add_unique(&mut seq, ids(&take(&a, "SQ", 50)), "SQ after kill -9");
+    h.take(&a, "SF", 2000);
+    h.take(&a, "SQ", 50);
 
     // Once the crashed lease expires, the next node to start takes worker 0 over, above
     // the crashed node's reservation.
@@ -114,7 +112,7 @@ fn crashes_restarts_and_graceful_stops_never_repeat() {
         taker = Some(e);
     }
     let owner = taker.as_ref().unwrap_or(&a);
-    let first = take(owner, "SF", 1)[0];
+    let first = h.take(owner, "SF", 1).remove(0);
     let v = decode(owner, first.id);
     assert_eq!(v["worker"], 0, "{v}");
     let ts = v["timestamp_ms"].as_u64().expect("timestamp_ms");
@@ -122,19 +120,15 @@ fn crashes_restarts_and_graceful_stops_never_repeat() {
         ts > mark,
         "worker 0 taken over after kill -9 issued at {ts}, not above the reservation {mark}"
     );
-    add_unique(&mut snow, [first.id], "SF after takeover");
-    add_unique(
-        &mut snow,
-        ids(&take(owner, "SF", 1000)),
-        "SF after takeover",
-    );
-    add_unique(&mut seq, ids(&take(owner, "SQ", 50)), "SQ after takeover");
+    h.take(owner, "SF", 1000);
+    h.take(owner, "SQ", 50);
     // The survivor never noticed anything.
-    add_unique(&mut snow, ids(&take(&survivor, "SF", 500)), "SF");
-    add_unique(&mut seq, ids(&take(&survivor, "SQ", 50)), "SQ");
+    h.take(&survivor, "SF", 500);
+    h.take(&survivor, "SQ", 50);
     let workers = listed_workers(&survivor);
     let distinct: HashSet<u64> = workers.iter().copied().collect();
     assert_eq!(distinct.len(), workers.len(), "{workers:?}");
+    h.assert_clean();
 }
 
 #[test]
@@ -144,10 +138,9 @@ fn a_taken_over_worker_id_starts_above_its_reserved_high_timestamp() {
     let (mut old, _) = c.start_ready(&[]);
     assert_eq!(worker_metric(&old), 0);
     register(&old, "SF", "snowflake");
-    let before = ids(&take(&old, "SF", 3000));
+    let mut h = Checked::new();
+    let before = ids(&h.take(&old, "SF", 3000));
     let old_max = *before.iter().max().expect("numbers");
-    let mut seen = HashSet::new();
-    add_unique(&mut seen, before, "SF");
 
     // The old owner crashes; its lease is revoked (as if it had expired) and worker 0's
     // high timestamp is set 3 s ahead of the clock.
@@ -167,7 +160,7 @@ fn a_taken_over_worker_id_starts_above_its_reserved_high_timestamp() {
         || {
             let (status, body) = ready(&new);
             match draw(&mut client, "SF", 1) {
-                Ok(n) => Some(n[0]),
+                Ok(n) => n.into_iter().next(),
                 Err(r) => {
                     assert_error(&r, 503, "NOT_READY");
                     assert_eq!(status, 503, "ready, then refused a number: {body}");
@@ -191,8 +184,8 @@ fn a_taken_over_worker_id_starts_above_its_reserved_high_timestamp() {
         "{} not above the old owner's {old_max}",
         first.id
     );
-    add_unique(&mut seen, [first.id], "SF after takeover");
-    add_unique(&mut seen, ids(&take(&new, "SF", 3000)), "SF after takeover");
+    h.add(&new, "SF", std::slice::from_ref(&first));
+    h.take(&new, "SF", 3000);
     wait_ready(&new, FEW_SECONDS);
 
     // A mark far beyond the reservation window: the next owner of that ID still starts
@@ -204,7 +197,11 @@ fn a_taken_over_worker_id_starts_above_its_reserved_high_timestamp() {
     let first = wait_for(
         FEW_SECONDS,
         || format!("no number from the node 60 s behind\n{}", tail(&ahead)),
-        || draw(&mut client, "SF", 1).ok().map(|n| n[0]),
+        || {
+            draw(&mut client, "SF", 1)
+                .ok()
+                .and_then(|n| n.into_iter().next())
+        },
     );
     assert_eq!(worker_metric(&ahead), 1);
     let v = decode(&ahead, first.id);
@@ -219,7 +216,9 @@ fn a_taken_over_worker_id_starts_above_its_reserved_high_timestamp() {
     );
     let (status, body) = ready(&ahead);
     assert_eq!(status, 503, "{body}");
-    add_unique(&mut seen, [first.id], "SF 60 s ahead");
+    h.add(&ahead, "SF", std::slice::from_ref(&first));
+    h.take(&ahead, "SF", 1000);
+    h.assert_clean();
 }
 
 #[test]
@@ -270,8 +269,9 @@ fn a_node_without_a_free_worker_id_waits_for_one() {
     );
 
     // One node stops: the fifth takes its ID and becomes ready.
+    let mut h = Checked::new();
     let leaving = &mut four[2];
-    let last = *ids(&take(leaving, "SF", 2000))
+    let last = *ids(&h.take(leaving, "SF", 2000))
         .iter()
         .max()
         .expect("numbers");
@@ -284,7 +284,7 @@ fn a_node_without_a_free_worker_id_waits_for_one() {
         t0.elapsed().as_millis()
     );
     assert_eq!(worker_metric(&fifth), 2);
-    let nums = ids(&take(&fifth, "SF", 1000));
+    let nums = ids(&h.take(&fifth, "SF", 1000));
     assert!(nums.iter().all(|&id| worker_of(id, 2) == 2), "{nums:?}");
     assert!(
         nums[0] > last,
@@ -292,4 +292,6 @@ fn a_node_without_a_free_worker_id_waits_for_one() {
         nums[0]
     );
     assert_eq!(decode(&fifth, nums[0])["worker"], 2);
+    h.take(&four[0], "SF", 1000);
+    h.assert_clean();
 }

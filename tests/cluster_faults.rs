@@ -5,6 +5,11 @@
 //!   lease TTL, `degrade` and `reject` side by side; re-acquire time is printed.
 //! - [`degraded_numbers_keep_coming_when_the_fence_comes_after_the_reservation`]
 //!   (etcd frozen right after a lease renewal): the reservation still has room at the fence.
+//! - [`a_slow_claim_leaves_less_fence_time_and_no_normal_number_outlives_the_lease`]
+//!   (etcd behind a slow proxy, cut off as soon as the claim is done): the fence counts
+//!   from the lease's grant, so no normal number comes after the lease can have expired.
+//!
+//! Every number drawn goes to the history checker (`common::history`).
 //!
 //! Each test starts its own etcd and uses its own etcd root, so tests stay independent and
 //! may run in parallel. Tests that wait for a lease to expire or a node to be fenced use
@@ -15,7 +20,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::etcd::Etcd;
+use common::proxy::Proxy;
 use common::server::{Client, Server, assert_error};
 use serde_json::Value;
 
@@ -91,15 +96,15 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
     register(&r[0], "SF", "snowflake");
     let all = || d.iter().chain(&r);
 
-    let mut snow_d = HashSet::new();
-    let mut snow_r = HashSet::new();
-    let mut seq = HashSet::new();
+    // Every number, per cluster (the two share no etcd root, so they may issue the same
+    // IDs), checked at the end: nothing repeated, no node's numbers going backwards.
+    let (mut hd, mut hr) = (Checked::new(), Checked::new());
     for s in &d {
-        add_unique(&mut snow_d, ids(&take(s, "SF", 1000)), "SF before");
-        add_unique(&mut seq, ids(&take(s, "SQ", 20)), "SQ before");
+        hd.take(s, "SF", 1000);
+        hd.take(s, "SQ", 20);
     }
     for s in &r {
-        add_unique(&mut snow_r, ids(&take(s, "SF", 1000)), "SF before");
+        hr.take(s, "SF", 1000);
     }
 
     let collectors: Vec<(bool, Collector)> = all()
@@ -135,7 +140,7 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
         match draw(&mut s.client(), "SF", 10) {
             Ok(nums) => {
                 assert!(nums.iter().all(|n| n.degraded), "{nums:?}");
-                add_unique(&mut snow_d, ids(&nums), "SF during the outage");
+                hd.add(s, "SF", &nums);
                 let count = metric(s, r#"numgen_degraded_total{reason="lease_lost"}"#);
                 assert!(count.unwrap_or(0.0) >= 10.0, "degraded count {count:?}");
             }
@@ -163,13 +168,13 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
         assert!(refused.header("retry-after").is_some(), "no Retry-After");
     }
     // Sequence numbers come from the held block, then the store is needed.
-    add_unique(&mut seq, ids(&take(&d[1], "SQ", 5)), "SQ from a held block");
+    hd.take(&d[1], "SQ", 5);
     let mut sq = d[0].client();
     let mut from_blocks = 0;
     let unavailable = (0..40).find_map(|_| match draw(&mut sq, "SQ", 500) {
         Ok(nums) => {
             from_blocks += nums.len();
-            add_unique(&mut seq, ids(&nums), "SQ from held blocks");
+            hd.add(&d[0], "SQ", &nums);
             None
         }
         Err(r) => Some(r),
@@ -203,8 +208,9 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
     );
     let times: Vec<u128> = back.iter().flatten().map(Duration::as_millis).collect();
     println!("measure: ready again after etcd returned (ms, per node): {times:?}");
-    for s in all() {
-        let nums = take(s, "SF", 10);
+    for (k, s) in all().enumerate() {
+        let h = if k < d.len() { &mut hd } else { &mut hr };
+        let nums = h.take(s, "SF", 10);
         assert!(
             nums.iter().all(|n| !n.degraded),
             "{}: {nums:?}\n{}",
@@ -215,27 +221,25 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
     }
     thread::sleep(Duration::from_millis(300));
 
-    // Everything from before, during and after the outage: nothing repeats, and each
-    // node's numbers increase.
+    // Everything from before, during and after the outage goes to the history checker
+    // (each collector is one ordered stream).
     let back_after = ms_since(paused, resumed);
     for (k, (is_d, col)) in collectors.into_iter().enumerate() {
         let answers = col.finish();
         let node = all().nth(k).map(Server::addr).expect("node");
-        let (snow, label) = if is_d {
-            (&mut snow_d, "degrade")
+        let (h, label) = if is_d {
+            (&hd, "degrade")
         } else {
-            (&mut snow_r, "reject")
+            (&hr, "reject")
         };
-        let (mut degraded, mut refused, mut last) = (0, 0, 0);
+        let mut rec = h.recorder(node.to_string());
+        let (mut degraded, mut refused) = (0, 0);
         let mut bad: Vec<(i128, Refusal)> = Vec::new();
         for Answer { sent, got } in answers {
             match got {
                 Ok(nums) => {
                     degraded += nums.iter().filter(|n| n.degraded).count();
-                    let ids = ids(&nums);
-                    assert!(ids[0] > last, "{label} {node}: {} after {last}", ids[0]);
-                    last = *ids.last().unwrap_or(&last);
-                    add_unique(snow, ids, label);
+                    record(&mut rec, "SF", &nums);
                 }
                 Err(r) if !is_d && r.status == 503 && r.code == "NOT_READY" => refused += 1,
                 Err(r) => bad.push((ms_since(paused, sent), r)),
@@ -262,18 +266,20 @@ fn an_etcd_outage_degrades_or_rejects_and_every_node_recovers() {
         }
     }
     for s in &d {
-        add_unique(&mut snow_d, ids(&take(s, "SF", 1000)), "SF after");
+        hd.take(s, "SF", 1000);
         let mut c = s.client();
         let nums = wait_for(
             FEW_SECONDS,
             || format!("no sequence number after etcd returned\n{}", tail(s)),
             || draw(&mut c, "SQ", 20).ok(),
         );
-        add_unique(&mut seq, ids(&nums), "SQ after");
+        hd.add(s, "SQ", &nums);
     }
     for s in &r {
-        add_unique(&mut snow_r, ids(&take(s, "SF", 1000)), "SF after");
+        hr.take(s, "SF", 1000);
     }
+    hd.assert_clean();
+    hr.assert_clean();
     for (nodes_of, label) in [(&d, "degrade"), (&r, "reject")] {
         let w = listed_workers(&nodes_of[0]);
         assert_eq!(w.len(), 2, "{label}: {w:?}");
@@ -299,7 +305,8 @@ fn degraded_numbers_keep_coming_when_the_fence_comes_after_the_reservation() {
     let c = Cluster::new(&etcd, "repro", SHORT_TTL_S);
     let (s, _) = c.start_ready(&[]);
     register(&s, "SF", "snowflake");
-    take(&s, "SF", 1);
+    let mut h = Checked::new();
+    h.take(&s, "SF", 1);
     let worker_key = c.key("workers/0/0");
     let hwm_key = c.key("hwm/0/0");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -335,7 +342,10 @@ fn degraded_numbers_keep_coming_when_the_fence_comes_after_the_reservation() {
         while now_ms() < paused_at + 2800 {
             let at = now_ms() - paused_at;
             match draw(&mut client, "SF", 1) {
-                Ok(n) => degraded += usize::from(n[0].degraded),
+                Ok(n) => {
+                    degraded += usize::from(n[0].degraded);
+                    h.add(&s, "SF", &n);
+                }
                 Err(r) => refused.push((at, Refusal::of(&r))),
             }
             thread::sleep(Duration::from_millis(20));
@@ -366,4 +376,106 @@ fn degraded_numbers_keep_coming_when_the_fence_comes_after_the_reservation() {
             );
         }
     }
+    h.take(&s, "SF", 1000);
+    h.assert_clean();
+}
+
+/// Finding 8 of issue 10: the fence time counts from the lease's grant, not from the end of
+/// the claim. The node reaches etcd through a proxy that holds every byte 450 ms each way,
+/// so granting the lease, claiming the worker ID and reserving its timestamps take about
+/// 4.5 s of a 5 s lease; as soon as the node says it holds the ID, etcd is cut off, so no
+/// renewal arrives and the lease expires. The lease was granted before its worker key
+/// appeared in etcd: from that moment plus the TTL on, every number must be degraded.
+#[test]
+fn a_slow_claim_leaves_less_fence_time_and_no_normal_number_outlives_the_lease() {
+    const TTL: u64 = 5;
+    let Some(etcd) = Etcd::start() else { return };
+    let direct = Cluster::new(&etcd, "slow-claim", TTL);
+    // A helper node (worker 0) registers the prefix; the slow node loads it at start.
+    let (helper, _) = direct.start_ready(&[]);
+    register(&helper, "SF", "snowflake");
+    let proxy = Proxy::for_endpoint(&etcd.endpoint());
+    proxy.set_delay(Duration::from_millis(450));
+    let slow = Cluster {
+        endpoint: proxy.endpoint(),
+        root: direct.root.clone(),
+        token: direct.token.clone(),
+        ttl_s: TTL,
+    };
+    let t0 = Instant::now();
+    let node = slow.start(&[]);
+    let worker_key = direct.key("workers/0/1");
+    // When the worker key appears (polled directly): the lease is older than that.
+    let appeared = block_on(async {
+        let mut c = etcd_client(&direct.endpoint).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let r = c.get(worker_key.as_str(), None).await.expect("get");
+            if !r.kvs().is_empty() {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{worker_key} never appeared\n{}", tail(&node));
+    });
+    node.wait_for_log(Duration::from_secs(30), |r| {
+        r["message"] == "worker ID acquired"
+    })
+    .unwrap_or_else(|| panic!("the slow node never acquired its ID\n{}", tail(&node)));
+    proxy.cut();
+    let cut = Instant::now();
+    let expired_by = appeared + Duration::from_secs(TTL);
+    println!(
+        "measure: worker key in etcd {} ms after start, claim done {} ms after that",
+        (appeared - t0).as_millis(),
+        (cut - appeared).as_millis()
+    );
+    let collector = Collector::start(node.addr());
+    thread::sleep((expired_by + Duration::from_millis(1500)).saturating_duration_since(cut));
+    let answers = collector.finish();
+
+    let mut h = Checked::new();
+    let mut rec = h.recorder(node.addr().to_string());
+    let mut last_normal = None;
+    for a in &answers {
+        if let Ok(nums) = &a.got {
+            record(&mut rec, "SF", nums);
+            if nums.iter().any(|n| !n.degraded) {
+                last_normal = Some(a.sent);
+            }
+        }
+    }
+    drop(rec);
+    let normal_after: i128 = last_normal.map_or(i128::MIN, |t| ms_since(expired_by, t));
+    println!(
+        "measure: {} answers after the cut; last normal number sent {} ms relative to the \
+         lease's latest possible expiry",
+        answers.len(),
+        if last_normal.is_some() {
+            normal_after.to_string()
+        } else {
+            "never".into()
+        }
+    );
+    assert!(
+        answers.iter().any(|a| a.got.is_ok()),
+        "no number at all while fenced\n{}",
+        tail(&node)
+    );
+    assert!(
+        normal_after < 0,
+        "a normal number from a request sent {normal_after} ms after the lease (granted \
+         before its worker key appeared) had expired\n{}",
+        tail(&node)
+    );
+    assert_eq!(metric(&node, "numgen_lease_healthy"), Some(0.0));
+
+    // etcd back: the node claims again and issues normal numbers.
+    proxy.set_delay(Duration::ZERO);
+    proxy.restore();
+    wait_ready(&node, FEW_SECONDS);
+    let after = h.take(&node, "SF", 1000);
+    assert!(after.iter().all(|n| !n.degraded), "{}", tail(&node));
+    h.take(&helper, "SF", 1000);
+    h.assert_clean();
 }

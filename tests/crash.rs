@@ -5,8 +5,9 @@
 //! connection first asks `/cluster/nodes` for the node ID, so every answer is attributed to
 //! the process that gave it, even if a new process got the old port.
 //!
-//! Asserted (SPEC 1.1, 1.2, 5): no number twice per prefix across all processes; every
-//! client's numbers strictly increase per prefix; every process's numbers are above all of
+//! Asserted (SPEC 1.1, 1.2, 5): no number (string or id) twice per prefix across all
+//! processes and no client's numbers going backwards per prefix (the history checker,
+//! `common::history`, one ordered stream per client); every process's numbers are above all of
 //! the processes before it (snowflake: the high timestamp is reserved ahead of use;
 //! sequence: blocks only move forward); after a graceful stop the next process is ready at
 //! once and a sequence continues without a gap. Nothing is asserted about timing.
@@ -21,6 +22,7 @@ use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::history::{History, Number, parse_numbers};
 use common::rng::Rng;
 use common::server::{Client, Resp, Server, ServerOpts};
 use serde::Deserialize;
@@ -95,8 +97,8 @@ struct Answer {
 }
 
 enum Outcome {
-    /// 200: the ids, in issue order.
-    Numbers(Vec<u64>),
+    /// 200: the numbers, in issue order.
+    Numbers(Vec<Number>),
     /// 503 with a `Retry-After`: `NOT_READY` (true), or `STORAGE_UNAVAILABLE` (false; the
     /// store may be slow on a shared machine).
     Unavailable(bool),
@@ -213,12 +215,15 @@ fn load(target: Arc<Target>, plan: Plan) -> Log {
             }
         };
         let outcome = match r.status {
-            200 => match r.ids(count.is_some()) {
-                Ok(ids) if ids.len() as u64 == count.unwrap_or(1) => {
-                    target.ok[prefix].fetch_add(1, Ordering::Relaxed);
-                    Outcome::Numbers(ids)
+            200 => match parse_numbers(&r.body, count.is_some()) {
+                Ok(nums) if nums.iter().any(|n| n.degraded) => {
+                    Outcome::Wrong(format!("GET {path}: degraded: {}", r.text()))
                 }
-                Ok(ids) => Outcome::Wrong(format!("GET {path}: {} numbers", ids.len())),
+                Ok(nums) if nums.len() as u64 == count.unwrap_or(1) => {
+                    target.ok[prefix].fetch_add(1, Ordering::Relaxed);
+                    Outcome::Numbers(nums)
+                }
+                Ok(nums) => Outcome::Wrong(format!("GET {path}: {} numbers", nums.len())),
                 Err(e) => Outcome::Wrong(format!("GET {path}: {e}")),
             },
             503 => {
@@ -341,30 +346,24 @@ fn analyse(nodes: &[String], logs: &[Log]) -> ([Vec<Option<Span>>; 2], Vec<[usiz
     let mut unavailable = vec![[0usize; 2]; nodes.len()];
     let mut storage = vec![0usize; nodes.len()];
     let mut wrong = Vec::new();
+    // One ordered stream per client (it follows the server across processes): no number
+    // string or id repeated per prefix, none going backwards on a client.
+    let history = History::new();
     for (client, log) in logs.iter().enumerate() {
         assert!(
             log.broken.is_empty(),
             "client {client}: responses cut short or not HTTP: {:?}",
             log.broken
         );
-        let mut last: [Option<u64>; 2] = [None, None];
+        let mut rec = history.recorder(format!("client {client}"));
         for a in &log.answers {
             let g = *generation
                 .get(&*a.node)
                 .unwrap_or_else(|| panic!("an answer from unknown node {}", a.node));
             match &a.outcome {
-                Outcome::Numbers(ids) => {
-                    for &id in ids {
-                        if let Some(prev) = last[a.prefix] {
-                            assert!(
-                                id > prev,
-                                "client {client}: {} {id} after {prev} (process {g})",
-                                KEYS[a.prefix]
-                            );
-                        }
-                        last[a.prefix] = Some(id);
-                    }
-                    per_gen[a.prefix][g].extend_from_slice(ids);
+                Outcome::Numbers(nums) => {
+                    rec.record(KEYS[a.prefix], nums);
+                    per_gen[a.prefix][g].extend(nums.iter().filter_map(Number::id_u64));
                 }
                 Outcome::Unavailable(true) => unavailable[g][a.prefix] += 1,
                 Outcome::Unavailable(false) => storage[g] += 1,
@@ -379,15 +378,13 @@ fn analyse(nodes: &[String], logs: &[Log]) -> ([Vec<Option<Span>>; 2], Vec<[usiz
     if storage.iter().any(|&n| n > 0) {
         println!("503 STORAGE_UNAVAILABLE answers per process (retried): {storage:?}");
     }
+    let report = history.assert_clean();
+    println!(
+        "history: {} numbers checked, none repeated nor backwards",
+        report.numbers
+    );
     let mut spans: [Vec<Option<Span>>; 2] = [Vec::new(), Vec::new()];
     for p in [SNOW, SEQ] {
-        let mut all: Vec<u64> = per_gen[p].iter().flatten().copied().collect();
-        let dups = common::repeats(&mut all);
-        assert!(
-            dups.is_empty(),
-            "{} repeated numbers (first ones): {dups:?}",
-            KEYS[p]
-        );
         let mut before: Option<u64> = None;
         for (g, ids) in per_gen[p].iter().enumerate() {
             let span = ids
@@ -597,7 +594,7 @@ fn sigterm_under_load_drains_then_restarts_ready_and_dense() {
         first.answers.push(Answer {
             node: node.clone(),
             prefix,
-            outcome: Outcome::Numbers(r.ids(false).expect("a number")),
+            outcome: Outcome::Numbers(parse_numbers(&r.body, false).expect("a number")),
         });
     }
     nodes.push(node.to_string());

@@ -53,6 +53,15 @@ impl ClockGuard {
         self.max_seen.fetch_max(units, Ordering::AcqRel);
     }
 
+    /// Lowers the node's time to `units` when it is above (readings known to be wrong: a
+    /// clock its peers judged ahead, since put right), and ends a backward episode. `true`
+    /// when an episode ended. Safe for uniqueness: every prefix's last number and the
+    /// worker ID's floor still bound what comes next.
+    pub fn lower_to(&self, units: u64) -> bool {
+        self.max_seen.fetch_min(units, Ordering::AcqRel);
+        self.episode_until.swap(NONE, Ordering::AcqRel) != NONE
+    }
+
     /// The highest reading seen so far.
     pub fn max_seen(&self) -> u64 {
         self.max_seen.load(Ordering::Acquire)
@@ -156,6 +165,18 @@ impl ForwardJumps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lowering_ends_an_episode_and_time_follows_the_clock_from_there() {
+        let g = ClockGuard::new(5);
+        g.observe(1_000_000);
+        let (r, _) = g.observe(1000);
+        assert!(r.backward_until.is_some());
+        assert!(g.lower_to(1000));
+        assert!(!g.lower_to(5000), "no episode left, and never raised");
+        let (r, c) = g.observe(1001);
+        assert_eq!((r.now, r.backward_until, c), (1001, None, None));
+    }
 
     #[test]
     fn time_follows_the_clock_forward() {

@@ -141,8 +141,13 @@ impl EtcdCluster {
     }
 
     /// Claims the lowest free worker ID of the datacenter with `lease`; `None` when all are
-    /// taken. The claim and the read of the ID's high timestamp are one transaction.
-    async fn claim_lowest_free(&self, lease: i64) -> Result<Option<WorkerClaim>, StoreError> {
+    /// taken. The claim and the read of the ID's high timestamp are one transaction. An ID
+    /// whose mark is implausibly far ahead of `now_ms` is given back at once and skipped.
+    async fn claim_lowest_free(
+        &self,
+        lease: i64,
+        now_ms: u64,
+    ) -> Result<Option<WorkerClaim>, StoreError> {
         let mut client = self.client.clone();
         bounded(self.timeout, async {
             let of_dc = self.keys.workers_of(self.dc);
@@ -159,7 +164,7 @@ impl EtcdCluster {
                 let txn = Txn::new()
                     .when([Compare::create_revision(wk.as_str(), CompareOp::Equal, 0)])
                     .and_then([
-                        TxnOp::put(wk, self.registry.entry(w), Some(claim)),
+                        TxnOp::put(wk.as_str(), self.registry.entry(w), Some(claim)),
                         TxnOp::get(hk.as_str(), None),
                     ]);
                 let resp = client.txn(txn).await.map_err(unavailable)?;
@@ -167,11 +172,26 @@ impl EtcdCluster {
                     // An unreadable mark leaves this ID's floor unknown: refuse it (the
                     // caller revokes the lease, which frees the key again).
                     let hwm_ms = stored_hwm(&hk, resp.op_responses().get(1))?.map(|(ms, _)| ms);
+                    if let Some(mark) = hwm_ms.filter(|&m| implausible(m, now_ms)) {
+                        tracing::warn!(
+                            worker = w,
+                            mark_unix_ms = mark,
+                            ahead_ms = mark - now_ms,
+                            "worker ID skipped: its reserved timestamp is implausibly far ahead of this node's clock (a clock that ran ahead wrote it)"
+                        );
+                        let give_back = Txn::new()
+                            .when([Compare::lease(wk.as_str(), CompareOp::Equal, lease)])
+                            .and_then([TxnOp::delete(wk.as_str(), None)]);
+                        client.txn(give_back).await.map_err(unavailable)?;
+                        continue;
+                    }
                     return Ok(Some(WorkerClaim {
                         dc: self.dc,
                         worker: w,
                         hwm_ms,
                         lease,
+                        fence_at: None,
+                        grant: 0,
                     }));
                 }
             }
@@ -233,6 +253,12 @@ impl EtcdCluster {
     }
 }
 
+/// True when a worker ID's `mark` is so far ahead of a node's time `now_ms` that only a
+/// clock that ran ahead can have written it ([`timing::IMPLAUSIBLE_MARK_AHEAD`]).
+fn implausible(mark: u64, now_ms: u64) -> bool {
+    mark.saturating_sub(now_ms) > timing::IMPLAUSIBLE_MARK_AHEAD.as_millis() as u64
+}
+
 /// The high timestamp in a get of `key` and the `mod_revision` it was read at: `None` when
 /// the key is absent, an error when it holds anything but a decimal u64 (then the ID's
 /// floor is unknown, and nothing may be issued with it).
@@ -250,12 +276,19 @@ fn stored_hwm(key: &str, resp: Option<&TxnOpResponse>) -> Result<Option<(u64, i6
 
 #[async_trait]
 impl WorkerSource for EtcdCluster {
-    async fn acquire(&self) -> Result<WorkerClaim, WorkerError> {
+    /// Grants a lease and claims the lowest free worker ID with it. The fence time counts
+    /// from before the grant was asked for: etcd's TTL runs from the grant, however long
+    /// the claim takes after it.
+    async fn acquire(&self, now_ms: u64) -> Result<WorkerClaim, WorkerError> {
         let ttl = self.lease_ttl_s as i64;
         let mut client = self.client.clone();
+        let asked = Instant::now();
         let lease = self.call(client.lease_grant(ttl, None)).await?.id();
-        let refused = match self.claim_lowest_free(lease).await {
-            Ok(Some(claim)) => return Ok(claim),
+        let refused = match self.claim_lowest_free(lease, now_ms).await {
+            Ok(Some(claim)) => {
+                let fence_at = Some(asked + timing::fence_after(self.lease_ttl_s));
+                return Ok(WorkerClaim { fence_at, ..claim });
+            }
             Ok(None) => WorkerError::AllTaken(self.max_worker + 1, self.dc),
             Err(e) => e.into(),
         };
@@ -309,6 +342,8 @@ pub async fn run_lease(
         if *stop.borrow() {
             return;
         }
+        // Claim (and reserve) on the peers' time if they find this clock ahead.
+        node.skew_checked(timing::FIRST_SKEW_CHECK_WAIT).await;
         let claim = match worker::acquire(&node, cluster.as_ref()).await {
             Ok(c) => c,
             Err(e) => {
@@ -333,7 +368,8 @@ pub async fn run_lease(
         };
         all_taken_logged = false;
         let _ = claim_tx.send(Some(claim.clone()));
-        node.set_lease_lost(false);
+        // A claim that outlasted its fence time stays fenced until a renewal succeeds.
+        node.set_lease_lost(claim.fence_at.is_some_and(|t| Instant::now() >= t));
         worker::handle_start_gap(&node, timing::reserve_window(ttl_s));
         match keep_alive(&cluster, &node, &claim, &mut stop).await {
             Ended::Stopped => return,
@@ -379,7 +415,8 @@ async fn renew(
 }
 
 /// Renews `claim`'s lease until `stop` or until the lease is gone; fences the node while
-/// renewals fail past [`timing::fence_after`], and lifts the fence when one succeeds.
+/// renewals fail past [`timing::fence_after`] — counted from the lease's grant, then from
+/// each confirmed renewal's request — and lifts the fence when one succeeds.
 async fn keep_alive(
     cluster: &EtcdCluster,
     node: &Node,
@@ -389,7 +426,10 @@ async fn keep_alive(
     let ttl_s = cluster.lease_ttl_s;
     let every = timing::keep_alive_every(ttl_s);
     let fence_after = timing::fence_after(ttl_s);
-    let mut last_ok = Instant::now();
+    // Counted from the lease's grant (or its last confirmed renewal), not from now.
+    let mut fence_at = claim
+        .fence_at
+        .unwrap_or_else(|| Instant::now() + fence_after);
     let mut last_try: Option<Instant> = None;
     let mut session = None;
     let mut tick = tokio::time::interval(timing::LEASE_TICK);
@@ -402,7 +442,7 @@ async fn keep_alive(
         if *stop.borrow() {
             return Ended::Stopped;
         }
-        if last_ok.elapsed() > fence_after && !node.lease_lost() {
+        if Instant::now() >= fence_at && !node.lease_lost() {
             node.set_lease_lost(true);
         }
         let due = match last_try {
@@ -418,7 +458,7 @@ async fn keep_alive(
         let renewed = renew(cluster, &mut session, claim.lease);
         match tokio::time::timeout(timing::renewal_deadline(ttl_s), renewed).await {
             Ok(Ok(left)) if left > 0 => {
-                last_ok = sent;
+                fence_at = sent + fence_after;
                 if node.lease_lost() {
                     tracing::info!("worker lease renewed again");
                     node.set_lease_lost(false);

@@ -1,7 +1,9 @@
 //! The periodic peer clock check (SPEC section 4): every [`timing::SKEW_CHECK_EVERY`] the
 //! node probes each peer in the registry ([`skew::probe`]), takes its own offset from the
 //! peers' median ([`skew::node_offset`]), publishes it (registry entry, metric) and marks
-//! itself skewed beyond `max_skew_ms`. The estimate itself is pure and lives in [`skew`].
+//! itself skewed beyond `max_skew_ms` (ahead: it then runs on the peers' time). The lease
+//! loop waits for the first check before it claims a worker ID. The estimate itself is
+//! pure and lives in [`skew`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,11 +38,13 @@ pub async fn watch_skew(
         }
         // Fewer than two peers answered: no judgement, keep what was measured last.
         let Some(offset) = measure(&registry).await else {
+            node.mark_skew_checked();
             continue;
         };
         registry.set_offset(offset);
         metrics.clock_offset.set(offset / 1000.0);
         node.set_clock_skew(offset.abs() > max_skew_ms as f64, offset);
+        node.mark_skew_checked();
     }
 }
 

@@ -4,7 +4,6 @@
 //! revision; any break in the watch means a full read again. Keys come from the store's
 //! [`Keys`], so the watch listens exactly where the store writes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +13,22 @@ use tokio::sync::watch;
 use super::sleep_or_stop;
 use crate::prefix::PrefixConfig;
 use crate::store::etcd::{Keys, unavailable};
-use crate::store::{StoreError, bounded};
+use crate::store::{Revision, Snapshot, StoreError, bounded};
 use crate::timing;
 
 /// Why a config from the store was not taken.
 pub type Refused = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where the configs read from etcd go.
+/// Where the configs read from etcd go, each with its etcd revision (SPEC 3.1: the sink
+/// takes nothing older than what it holds).
 pub trait ConfigSink: Send + Sync + 'static {
-    /// `key` was written with `config`.
-    fn apply(&self, key: &str, config: PrefixConfig) -> Result<(), Refused>;
-    /// `key` was deleted.
-    fn forget(&self, key: &str);
-    /// `all` is every config there is (a full read): anything else is gone.
-    fn sync(&self, all: HashMap<String, PrefixConfig>);
+    /// `key` was written with `config` at `revision` (its `mod_revision`).
+    fn apply(&self, key: &str, config: PrefixConfig, revision: Revision) -> Result<(), Refused>;
+    /// `key` was deleted at `revision`.
+    fn forget(&self, key: &str, revision: Revision);
+    /// `all` is every config there is as of its revision (a full read): anything else was
+    /// gone then.
+    fn sync(&self, all: Snapshot);
 }
 
 /// Keeps `sink` equal to the configs under `keys`' `prefixes/` until `stop` turns true.
@@ -83,19 +84,29 @@ async fn read_all(
             .map_err(unavailable)
     })
     .await?;
-    let mut all = HashMap::new();
-    for (key, config) in resp.kvs().iter().filter_map(|kv| config_at(keys, kv)) {
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let mut all = Snapshot {
+        revision: revision.max(0) as Revision,
+        configs: Vec::with_capacity(resp.kvs().len()),
+    };
+    for kv in resp.kvs() {
+        let Some((key, config)) = config_at(keys, kv) else {
+            continue;
+        };
         match config {
-            Ok(cfg) => {
-                all.insert(key.to_string(), cfg);
-            }
+            Ok(cfg) => all.configs.push((key.to_string(), cfg, mod_revision(kv))),
             Err(e) => {
                 tracing::error!(prefix = key, error = %e, "unreadable config in etcd; skipped")
             }
         }
     }
     sink.sync(all);
-    Ok(resp.header().map_or(0, |h| h.revision()))
+    Ok(revision)
+}
+
+/// The revision `kv` was written (or, in a delete event, deleted) at.
+fn mod_revision(kv: &KeyValue) -> Revision {
+    kv.mod_revision().max(0) as Revision
 }
 
 /// Passes each change on `stream` to `sink` until the watch breaks (`false`) or `stop`
@@ -116,13 +127,15 @@ async fn follow(
             _ => return false,
         };
         for ev in resp.events() {
-            let Some((key, config)) = ev.kv().and_then(|kv| config_at(keys, kv)) else {
+            let Some(kv) = ev.kv() else { continue };
+            let Some((key, config)) = config_at(keys, kv) else {
                 continue;
             };
+            let revision = mod_revision(kv);
             match (ev.event_type(), config) {
-                (EventType::Delete, _) => sink.forget(key),
+                (EventType::Delete, _) => sink.forget(key, revision),
                 (EventType::Put, Ok(cfg)) => {
-                    if let Err(e) = sink.apply(key, cfg) {
+                    if let Err(e) = sink.apply(key, cfg, revision) {
                         tracing::error!(prefix = key, error = %e, "config from etcd is invalid");
                     }
                 }

@@ -15,7 +15,7 @@ use super::request::{checked_key, logged_path, read_body};
 use super::{HttpResponse, json_response};
 use crate::prefix::PrefixConfig;
 use crate::service::Service;
-use crate::store::AuditMeta;
+use crate::store::{AuditMeta, Revision};
 
 /// The admin token, and the fingerprint that audit records show instead of it.
 pub struct AdminAuth {
@@ -85,8 +85,18 @@ fn authorize(token: &str, parts: &Parts, peer: SocketAddr) -> Result<(), ApiErro
     }
 }
 
-fn config_body(status: Option<&str>, key: &str, config: &PrefixConfig) -> serde_json::Value {
+/// The body of a config: with `revision` (its store revision, SPEC 3.1; an addition to
+/// SPEC's fields) when known.
+fn config_body(
+    status: Option<&str>,
+    key: &str,
+    config: &PrefixConfig,
+    revision: Option<Revision>,
+) -> serde_json::Value {
     let mut v = json!({ "prefix_key": key, "config": config.to_json() });
+    if let (Some(r), Some(obj)) = (revision, v.as_object_mut()) {
+        obj.insert("revision".into(), r.into());
+    }
     if let (Some(s), Some(obj)) = (status, v.as_object_mut()) {
         obj.insert("status".into(), s.into());
     }
@@ -106,26 +116,29 @@ pub async fn handle(
     authorize(&auth.token, parts, peer)?;
     let Some(raw) = param else {
         let all = service.configs().await?;
-        let list: Vec<_> = all.iter().map(|(k, c)| config_body(None, k, c)).collect();
+        let list: Vec<_> = all
+            .iter()
+            .map(|(k, c)| config_body(None, k, c, None))
+            .collect();
         return Ok(json_response(StatusCode::OK, &json!({ "prefixes": list })));
     };
     let key = checked_key(raw)?;
     let m = &parts.method;
     let answer = if *m == Method::GET || *m == Method::HEAD {
-        let config = service.config(&key).await?;
-        config_body(None, &key, &config)
+        let (config, revision) = service.config(&key).await?;
+        config_body(None, &key, &config, Some(revision))
     } else if *m == Method::DELETE {
         service.delete(&key, &auth.audit(service, peer)).await?;
         json!({ "status": "deleted" })
     } else {
         let bytes = read_body(body).await?;
         let audit = auth.audit(service, peer);
-        let config = if *m == Method::POST {
+        let (config, revision) = if *m == Method::POST {
             service.register(&key, &bytes, &audit).await?
         } else {
             service.replace(&key, &bytes, &audit).await?
         };
-        config_body(Some("registered"), &key, &config)
+        config_body(Some("registered"), &key, &config, Some(revision))
     };
     Ok(json_response(StatusCode::OK, &answer))
 }

@@ -81,6 +81,10 @@ pub struct Bounds {
     /// to wait rather than degrade.
     pub max_wait: u64,
     pub on_ahead: Policy,
+    /// `now` is not the node's own clock (it runs on its peers' time, which they judge
+    /// behind it): a prefix that issued ahead of it before goes on from its last number up
+    /// to the ceiling, like a logical clock, rather than wait for `now` to catch up.
+    pub logical: bool,
 }
 
 /// A run of consecutive packed values: `first`, `first + 1`, …, `first + count - 1`.
@@ -238,6 +242,7 @@ impl Generator {
 
         let limit_ts = match degraded {
             Some(r) if r.logical_clock() => b.ceiling,
+            _ if b.logical => b.ceiling,
             _ => b.ceiling.min(now + LEAD_UNITS),
         }
         .min(self.max_timestamp);
@@ -287,6 +292,7 @@ mod tests {
             degraded: None,
             max_wait: 5,
             on_ahead: Policy::Degrade,
+            logical: false,
         }
     }
 
@@ -419,6 +425,17 @@ mod tests {
         };
         assert_eq!(g.next(&c, 100_000, &skewed).unwrap().count, 8192);
         assert_eq!(g.next(&c, 1, &skewed), Err(NextError::Wait { until: 101 }));
+        // On its peers' time (they judge its clock ahead), a prefix that issued ahead of it
+        // goes on up to the ceiling.
+        let peers_time = Bounds {
+            now: 50,
+            ceiling: 104,
+            logical: true,
+            ..skewed
+        };
+        let b = g.next(&c, 100_000, &peers_time).unwrap();
+        assert_eq!((b.first >> 12, (b.first + b.count - 1) >> 12), (102, 104));
+        assert_eq!(g.next(&c, 1, &peers_time), Err(NextError::Ceiling));
     }
 
     #[test]
@@ -574,6 +591,7 @@ mod tests {
                         degraded: st.degraded.then_some(DegradeReason::ClockSkew),
                         max_wait: 5,
                         on_ahead: if st.reject { Policy::Reject } else { Policy::Degrade },
+                        logical: false,
                     };
                     if let Ok(batch) = g.next(&c, st.want, &b) {
                         prop_assert!(batch.count >= 1 && batch.count <= st.want);

@@ -9,6 +9,9 @@ use crate::sync::{SeqLock, Words};
 /// The worker ID a node holds and the range of timestamps it may use with it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grant {
+    /// Tells this grant from every other the node held (counts from 1): a reservation made
+    /// for one grant extends only that one.
+    pub id: u64,
     pub dc: u64,
     pub worker: u64,
     /// The datacenter and worker fields in place (`Layout::node_bits`).
@@ -19,16 +22,17 @@ pub struct Grant {
     pub ceiling: u64,
 }
 
-/// Held or not, then the fields (zero when none is held).
+/// The grant's id (zero when none is held), then the fields.
 impl Words<6> for Option<Grant> {
     fn to_words(self) -> [u64; 6] {
         match self {
             None => [0; 6],
-            Some(g) => [1, g.dc, g.worker, g.node_bits, g.floor, g.ceiling],
+            Some(g) => [g.id, g.dc, g.worker, g.node_bits, g.floor, g.ceiling],
         }
     }
-    fn from_words([held, dc, worker, node_bits, floor, ceiling]: [u64; 6]) -> Option<Grant> {
-        (held != 0).then_some(Grant {
+    fn from_words([id, dc, worker, node_bits, floor, ceiling]: [u64; 6]) -> Option<Grant> {
+        (id != 0).then_some(Grant {
+            id,
             dc,
             worker,
             node_bits,
@@ -52,12 +56,18 @@ impl GrantCell {
         self.0.write(grant);
     }
 
-    /// Raises the held grant's ceiling (never lowers it).
-    pub fn extend_ceiling(&self, ceiling: u64) {
+    /// Raises the ceiling of grant `id` (never lowers it); nothing when another grant (or
+    /// none) is held by now.
+    pub fn extend_ceiling(&self, id: u64, ceiling: u64) {
         self.0.update(|held| {
-            held.map(|g| Grant {
-                ceiling: g.ceiling.max(ceiling),
-                ..g
+            held.map(|g| {
+                if g.id != id {
+                    return g;
+                }
+                Grant {
+                    ceiling: g.ceiling.max(ceiling),
+                    ..g
+                }
             })
         });
     }
@@ -70,6 +80,7 @@ mod tests {
 
     fn grant(n: u64) -> Grant {
         Grant {
+            id: n,
             dc: n,
             worker: n,
             node_bits: n,
@@ -82,13 +93,16 @@ mod tests {
     fn set_get_extend_clear() {
         let c = GrantCell::default();
         assert_eq!(c.get(), None);
-        c.extend_ceiling(10);
+        c.extend_ceiling(1, 10);
         assert_eq!(c.get(), None);
         c.set(Some(grant(3)));
         assert_eq!(c.get(), Some(grant(3)));
-        c.extend_ceiling(2);
+        c.extend_ceiling(3, 2);
         assert_eq!(c.get().unwrap().ceiling, 3);
-        c.extend_ceiling(9);
+        c.extend_ceiling(3, 9);
+        assert_eq!(c.get().unwrap().ceiling, 9);
+        // A reservation made for another grant extends nothing.
+        c.extend_ceiling(2, 50);
         assert_eq!(c.get().unwrap().ceiling, 9);
         c.set(None);
         assert_eq!(c.get(), None);
@@ -113,6 +127,7 @@ mod tests {
                     for _ in 0..200_000 {
                         let g = c.get().unwrap();
                         assert!(g.dc == g.worker && g.worker == g.floor && g.floor == g.ceiling);
+                        assert_eq!(g.id, g.dc);
                         assert_eq!(g.node_bits, g.dc);
                     }
                 })

@@ -75,22 +75,26 @@ impl Node {
     /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
     /// the moment of fencing, so degraded numbers stay within the persisted reservation.
     pub fn set_lease_lost(&self, lost: bool) {
-        if lost && !self.lease_lost() {
-            // Frozen at the moment of fencing, and never past what is persisted.
-            let ceiling = self.grant().map_or(0, |g| g.ceiling);
+        if lost {
+            self.fence(self.grant().map_or(0, |g| g.ceiling));
+            return;
+        }
+        if self.set_flag(LEASE_LOST, false) {
+            self.publish_lease_health();
+            self.end_episode(DegradeReason::LeaseLost);
+        }
+        self.freeze.store(u64::MAX, Ordering::Release);
+    }
+
+    /// Fences the node, its time frozen now and never past `ceiling` (what is persisted).
+    pub(super) fn fence(&self, ceiling: u64) {
+        if !self.lease_lost() {
             self.freeze
                 .store(self.now_units().min(ceiling), Ordering::Release);
         }
-        if self.set_flag(LEASE_LOST, lost) {
+        if self.set_flag(LEASE_LOST, true) {
             self.publish_lease_health();
-            if lost {
-                self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
-            } else {
-                self.end_episode(DegradeReason::LeaseLost);
-            }
-        }
-        if !lost {
-            self.freeze.store(u64::MAX, Ordering::Release);
+            self.begin_episode(DegradeReason::LeaseLost, "worker lease not renewed in time");
         }
     }
 
@@ -98,8 +102,10 @@ impl Node {
         self.flags.load(Ordering::Acquire) & LEASE_LOST != 0
     }
 
-    /// Marks the node's clock as too far from its peers' (or back within bounds).
+    /// Marks the node's clock as too far from its peers' (or back within bounds); while
+    /// they judge it ahead, the node runs on their time (`Node::correct_for_skew`).
     pub fn set_clock_skew(&self, skewed: bool, offset_ms: f64) {
+        self.correct_for_skew(skewed, offset_ms);
         if self.set_flag(CLOCK_SKEW, skewed) {
             if skewed {
                 self.begin_episode(

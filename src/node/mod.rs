@@ -6,6 +6,11 @@
 //! State changes come from background tasks (reservation, lease, skew monitor) through
 //! atomics (the grant behind a sequence lock, [`grant`]; the health flags, their episodes
 //! and `/ready`, `health`), so the request path takes no lock.
+//!
+//! A node its peers judge ahead of them (beyond `max_skew_ms`) runs on their time: its
+//! clock minus its offset. It issues (degraded) numbers and reserves timestamps from there,
+//! so a clock a year fast never pushes its worker ID's persisted mark beyond the peers'
+//! time plus the reservation window.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -15,6 +20,7 @@ use prometheus::IntCounter;
 use tokio::sync::Notify;
 
 use crate::clock::{Clock, ClockGuard, GuardChange, Reading};
+use crate::id::generator::LEAD_UNITS;
 use crate::id::{Batch, Bounds, DegradeReason, Generator, LastIssued, Layout, NextError, Policy};
 use crate::metrics::Metrics;
 
@@ -72,6 +78,16 @@ pub struct Node {
     window_units: u64,
     renew_wanted: Notify,
     reserved: Notify,
+    /// The id of the last grant installed.
+    grants: AtomicU64,
+    /// How far (units) the peers judge this node's clock ahead of theirs; 0 unless beyond
+    /// `max_skew_ms`. Subtracted from every reading the node issues or reserves with.
+    ahead: AtomicU64,
+    /// This node's clock minus the peers' median (ms), as last measured; 0 before.
+    peer_offset_ms: std::sync::atomic::AtomicI64,
+    /// Set once the skew monitor has had its first look at the peers (cluster mode).
+    skew_checked: std::sync::atomic::AtomicBool,
+    skew_check: Notify,
     degraded: [IntCounter; 3],
     episodes: [Episode; 3],
     metrics: Metrics,
@@ -113,6 +129,11 @@ impl Node {
             window_units: layout.units_for_ms(settings.reserve_window_ms).max(2),
             renew_wanted: Notify::new(),
             reserved: Notify::new(),
+            grants: AtomicU64::new(0),
+            ahead: AtomicU64::new(0),
+            peer_offset_ms: std::sync::atomic::AtomicI64::new(0),
+            skew_checked: std::sync::atomic::AtomicBool::new(false),
+            skew_check: Notify::new(),
             degraded: metrics.degraded_counters(),
             episodes: Default::default(),
             layout,
@@ -164,15 +185,114 @@ impl Node {
         reading
     }
 
-    /// The node's time in units (never behind the highest reading).
+    /// [`Node::observe`] on the time the node issues and reserves with: corrected by its
+    /// peers' judgement when they find it ahead.
+    #[inline]
+    fn reading(&self) -> Reading {
+        let r = self.observe();
+        let ahead = self.ahead.load(Ordering::Acquire);
+        if ahead == 0 {
+            return r;
+        }
+        Reading {
+            now: r.now.saturating_sub(ahead),
+            wall: r.wall.saturating_sub(ahead),
+            backward_until: r.backward_until.map(|u| u.saturating_sub(ahead)),
+        }
+    }
+
+    /// The node's time in units (never behind the highest reading), on its peers' time
+    /// when they judge its clock ahead.
     pub fn now_units(&self) -> u64 {
-        self.observe().now
+        self.reading().now
+    }
+
+    /// The wall clock in units, as [`Node::now_units`] corrects it (not held up by earlier
+    /// readings).
+    pub fn wall_units(&self) -> u64 {
+        let ahead = self.ahead.load(Ordering::Acquire);
+        self.layout
+            .units_at(self.clock.now_ms())
+            .saturating_sub(ahead)
     }
 
     /// Raises the node's time to `units` (a start-up floor ahead of the clock).
     pub fn raise_time_to(&self, units: u64) {
-        self.guard.raise_to(units);
+        self.guard
+            .raise_to(units.saturating_add(self.ahead.load(Ordering::Acquire)));
         self.observe();
+    }
+
+    /// Runs the node on its peers' time while they judge its clock `offset_ms` ahead
+    /// (`skewed`), or on its own clock again. Within one episode the correction only
+    /// shrinks (the node's time never steps back for the noise of the estimate), unless
+    /// the clock got further ahead by more than [`crate::timing::SKEW_REGROW`]. When it
+    /// shrinks, readings taken with the larger error are dropped from the node's time.
+    pub(crate) fn correct_for_skew(&self, skewed: bool, offset_ms: f64) {
+        self.peer_offset_ms
+            .store(offset_ms as i64, Ordering::Release);
+        let wanted = if skewed && offset_ms >= 1.0 {
+            self.layout.units_for_ms(offset_ms as u64)
+        } else {
+            0
+        };
+        let held = self.ahead.load(Ordering::Acquire);
+        let regrow = self
+            .layout
+            .units_for_ms(crate::timing::SKEW_REGROW.as_millis() as u64);
+        let new = if wanted == 0 || held == 0 || wanted > held.saturating_add(regrow) {
+            wanted
+        } else {
+            held.min(wanted)
+        };
+        if new == held {
+            return;
+        }
+        self.ahead.store(new, Ordering::Release);
+        if new < held {
+            let wall = self.layout.units_at(self.clock.now_ms());
+            if self.guard.lower_to(wall) {
+                self.end_episode(DegradeReason::ClockBackward);
+            }
+        }
+        tracing::info!(
+            ahead_ms = new * self.layout.time_unit_ms(),
+            "time this node issues and reserves with: its clock minus this"
+        );
+    }
+
+    /// The peers' time as this node estimates it (Unix ms): its clock minus its last
+    /// measured offset (its own clock before any measurement).
+    pub fn peers_time_ms(&self) -> u64 {
+        let offset = self.peer_offset_ms.load(Ordering::Acquire);
+        self.clock.now_ms().saturating_add_signed(-offset)
+    }
+
+    /// The latest of the node's own time and its peers': a worker ID's mark is judged
+    /// against it, so that a node whose clock is behind does not mistake every mark for
+    /// one written by a clock that ran ahead.
+    pub fn latest_time_ms(&self) -> u64 {
+        self.layout
+            .unix_ms_at(self.now_units())
+            .max(self.peers_time_ms())
+    }
+
+    /// Records that the skew monitor has looked at the peers once.
+    pub fn mark_skew_checked(&self) {
+        self.skew_checked.store(true, Ordering::Release);
+        self.skew_check.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) for the skew monitor's first look at the peers, so that a
+    /// worker ID is claimed and reserved on the peers' time when they find this clock ahead.
+    pub async fn skew_checked(&self, limit: Duration) {
+        let notified = self.skew_check.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.skew_checked.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, notified).await;
     }
 
     /// Issues up to `want` numbers of the prefix whose last number is `prefix`.
@@ -188,7 +308,7 @@ impl Node {
         let bounds = || {
             flags = self.flags.load(Ordering::Acquire);
             held_back(flags)?;
-            let r = self.observe();
+            let r = self.reading();
             reading = Some(r);
             self.bounds_at(&grant, flags, r)
         };
@@ -218,6 +338,7 @@ impl Node {
     /// when the policy for the condition is `reject`.
     #[inline]
     fn bounds_at(&self, grant: &Grant, flags: u32, r: Reading) -> Result<Bounds, Blocked> {
+        let on_peers_time = self.ahead.load(Ordering::Relaxed) != 0;
         let mut now = r.now;
         let mut degraded = None;
         if flags & LEASE_LOST != 0 {
@@ -244,6 +365,7 @@ impl Node {
             degraded,
             max_wait: self.max_wait_units,
             on_ahead: self.settings.on_clock_backward,
+            logical: on_peers_time,
         })
     }
 
@@ -262,6 +384,14 @@ impl Node {
     /// Why the generator issued nothing, for the caller; `wall` is the clock as read.
     fn blocked(&self, e: NextError, flags: u32, wall: u64) -> Blocked {
         match e {
+            // A prefix far ahead of the clock (its numbers came from a clock since judged
+            // wrong): not a wait a request can sit out.
+            NextError::Wait { until } if until.saturating_sub(wall) > self.max_lead() => {
+                Blocked::NotReady {
+                    reason: "this prefix's last number is ahead of the clock",
+                    retry_after: self.units_to_duration(until.saturating_sub(wall)),
+                }
+            }
             NextError::Wait { until } => {
                 Blocked::Wait(self.units_to_duration(until.saturating_sub(wall)))
             }
@@ -283,14 +413,22 @@ impl Node {
         }
     }
 
+    /// The longest a request waits for the clock: a unit's sequence running out, plus the
+    /// absorbed step back.
+    fn max_lead(&self) -> u64 {
+        LEAD_UNITS + 1 + self.max_wait_units
+    }
+
     fn units_to_duration(&self, units: u64) -> Duration {
         Duration::from_millis(units.max(1).saturating_mul(self.layout.time_unit_ms()))
     }
 
     /// Starts using a worker ID whose timestamps up to `floor` may have been used, with
-    /// timestamps up to `ceiling` already persisted as reserved.
-    pub fn install_grant(&self, dc: u64, worker: u64, floor: u64, ceiling: u64) {
+    /// timestamps up to `ceiling` already persisted as reserved. Returns the grant's id.
+    pub fn install_grant(&self, dc: u64, worker: u64, floor: u64, ceiling: u64) -> u64 {
+        let id = self.grants.fetch_add(1, Ordering::AcqRel) + 1;
         self.grant.set(Some(Grant {
+            id,
             dc,
             worker,
             node_bits: self.layout.node_bits(dc, worker),
@@ -300,6 +438,15 @@ impl Node {
         self.metrics.worker_id.set(worker as i64);
         self.publish_lease_health();
         self.reserved.notify_waiters();
+        id
+    }
+
+    /// [`Node::install_grant`] for a claim whose lease may have expired already (it took
+    /// longer than the fence allows): the node is fenced before the grant is visible, so no
+    /// request can issue a normal number with it.
+    pub fn install_fenced_grant(&self, dc: u64, worker: u64, floor: u64, ceiling: u64) -> u64 {
+        self.fence(ceiling);
+        self.install_grant(dc, worker, floor, ceiling)
     }
 
     /// Stops issuing: the worker ID is no longer held.
@@ -309,9 +456,21 @@ impl Node {
         self.publish_lease_health();
     }
 
-    /// Records that timestamps up to `ceiling` are persisted for the current grant.
-    pub fn extend_ceiling(&self, ceiling: u64) {
-        self.grant.extend_ceiling(ceiling);
+    /// The highest timestamp a reservation may reach now: while the node runs on its
+    /// peers' time, their time plus the window (a prefix that ran ahead on the node's own
+    /// clock waits at the ceiling rather than push the worker ID's mark further); else no
+    /// limit.
+    pub fn reservation_limit(&self) -> u64 {
+        if self.ahead.load(Ordering::Acquire) == 0 {
+            return u64::MAX;
+        }
+        self.now_units().saturating_add(self.window_units)
+    }
+
+    /// Records that timestamps up to `ceiling` are persisted for grant `id`; nothing when
+    /// the node holds another grant by now (the reservation was made for the old one).
+    pub fn extend_ceiling(&self, id: u64, ceiling: u64) {
+        self.grant.extend_ceiling(id, ceiling);
         self.reserved.notify_waiters();
     }
 
@@ -643,11 +802,14 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let n = node(clock.clone(), Policy::Degrade, Policy::Degrade);
         let now = n.now_units();
-        n.install_grant(0, 0, 0, now);
+        let id = n.install_grant(0, 0, 0, now);
         let p = LastIssued::new();
         assert_eq!(n.try_issue(&p, 5000).unwrap().batch.count, 4096);
         assert_eq!(n.try_issue(&p, 1), Err(Blocked::Ceiling));
-        n.extend_ceiling(now + 10);
+        // A reservation made for another grant does not count.
+        n.extend_ceiling(id + 1, now + 10);
+        assert_eq!(n.try_issue(&p, 1), Err(Blocked::Ceiling));
+        n.extend_ceiling(id, now + 10);
         assert!(n.try_issue(&p, 1).is_ok());
         n.clear_grant();
         assert!(n.grant().is_none());

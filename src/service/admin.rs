@@ -1,9 +1,15 @@
 //! Managing prefix configs (`/prefix-configs`): every change is written to the store first
 //! (which refuses what would repeat a number, and records each change it accepts in the
-//! audit history, in the same transaction) and then made live in this node's registry.
+//! audit history, in the same transaction) and then made live in this node's registry,
+//! with the revision the store gave it, so that an answer arriving after a newer version
+//! (from another request, or another node through the watch) changes nothing. A write
+//! that times out may still commit: before the 503, the registry is made to agree with the
+//! store once that write has run or been given up (in the background when the store stays
+//! silent), so that memory and store never disagree for longer than the store is down.
 
 use crate::prefix::{PrefixConfig, PrefixError};
-use crate::store::{AuditMeta, AuditRecord, StoreError, Written};
+use crate::store::{AuditMeta, AuditRecord, Revision, StoreError, Written};
+use crate::timing::SETTLE_RETRY;
 
 use super::Service;
 
@@ -48,23 +54,23 @@ fn accepted(written: Written, config: &PrefixConfig) -> Result<(), AdminError> {
 }
 
 impl Service {
-    /// `POST /prefix-configs/{key}`, by `audit`.
+    /// `POST /prefix-configs/{key}`, by `audit`: the config and its store revision.
     pub async fn register(
         &self,
         key: &str,
         body: &[u8],
         audit: &AuditMeta,
-    ) -> Result<PrefixConfig, AdminError> {
+    ) -> Result<(PrefixConfig, Revision), AdminError> {
         self.write(key, body, true, audit).await
     }
 
-    /// `PUT /prefix-configs/{key}`, by `audit`.
+    /// `PUT /prefix-configs/{key}`, by `audit`: the config and its store revision.
     pub async fn replace(
         &self,
         key: &str,
         body: &[u8],
         audit: &AuditMeta,
-    ) -> Result<PrefixConfig, AdminError> {
+    ) -> Result<(PrefixConfig, Revision), AdminError> {
         self.write(key, body, false, audit).await
     }
 
@@ -75,30 +81,90 @@ impl Service {
         body: &[u8],
         create: bool,
         audit: &AuditMeta,
-    ) -> Result<PrefixConfig, AdminError> {
+    ) -> Result<(PrefixConfig, Revision), AdminError> {
         let (config, _) = PrefixConfig::from_request(body)?;
-        let written = self
-            .store()
-            .write_prefix(key, &config, create, audit)
-            .await?;
+        let written = self.store().write_prefix(key, &config, create, audit).await;
+        let (written, revision) = self.settle_on_timeout(key, written).await?;
         accepted(written, &config)?;
-        self.apply(key, config.clone())?;
+        self.apply(key, config.clone(), revision)?;
         let what = if create {
             "prefix registered"
         } else {
             "prefix config replaced"
         };
-        tracing::info!(prefix = key, config = %config.to_log_json(), "{what}");
-        Ok(config)
+        tracing::info!(prefix = key, revision, config = %config.to_log_json(), "{what}");
+        Ok((config, revision))
     }
 
-    /// `GET /prefix-configs/{key}`
-    pub async fn config(&self, key: &str) -> Result<PrefixConfig, AdminError> {
-        if let Some(e) = self.registry().get(key) {
-            return Ok(e.config.clone());
+    /// `result` of a write to `key`; when it timed out, first makes the registry agree with
+    /// the store about `key` (see [`Service::settle`]).
+    async fn settle_on_timeout<T>(
+        &self,
+        key: &str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, AdminError> {
+        if let Err(StoreError::Timeout(_)) = &result {
+            self.settle(key).await;
         }
-        match self.store().get_prefix(key).await? {
-            Some(c) => Ok(c),
+        Ok(result?)
+    }
+
+    /// After a write to `key` that timed out, and may still commit: reads `key` once that
+    /// write has run or been given up ([`crate::store::Store::settle_prefix`]) and applies
+    /// what the store holds (only if newer than what the registry holds). One try within
+    /// the store deadline; when that fails too, a background task keeps asking until the
+    /// store answers.
+    async fn settle(&self, key: &str) {
+        match self.store().settle_prefix(key).await {
+            Ok(seen) => {
+                if let Err(e) = self.registry.observe(key, seen) {
+                    tracing::error!(prefix = key, error = %e, "stored config is invalid");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(prefix = key, error = %e, "cannot tell yet whether a timed-out write of this prefix committed; retrying in the background");
+                self.settle_in_background(key);
+            }
+        }
+    }
+
+    fn settle_in_background(&self, key: &str) {
+        let settling = self.settling.clone();
+        if !lock(&settling).insert(key.to_string()) {
+            return;
+        }
+        let (store, registry, key) = (self.store().clone(), self.registry.clone(), key.to_string());
+        let task = async move {
+            loop {
+                match store.settle_prefix(&key).await {
+                    Ok(seen) => {
+                        if let Err(e) = registry.observe(&key, seen) {
+                            tracing::error!(prefix = key, error = %e, "stored config is invalid");
+                        }
+                        tracing::info!(prefix = key, "timed-out write settled");
+                        break;
+                    }
+                    // Asked again at once: the next try waits in the queue right behind the
+                    // stalled write, so memory follows as soon as the write lands.
+                    Err(StoreError::Timeout(_)) => {}
+                    Err(_) => tokio::time::sleep(SETTLE_RETRY).await,
+                }
+            }
+            lock(&settling).remove(&key);
+        };
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(task);
+        }
+    }
+
+    /// `GET /prefix-configs/{key}`: the config and its store revision.
+    pub async fn config(&self, key: &str) -> Result<(PrefixConfig, Revision), AdminError> {
+        if let Some(e) = self.registry().get(key) {
+            return Ok((e.config.clone(), e.revision()));
+        }
+        let seen = self.store().observe_prefix(key).await?;
+        match seen.config {
+            Some(c) => Ok((c, seen.revision)),
             None => Err(AdminError::NotFound(key.to_string())),
         }
     }
@@ -117,13 +183,18 @@ impl Service {
 
     /// `DELETE /prefix-configs/{key}`, by `audit`.
     pub async fn delete(&self, key: &str, audit: &AuditMeta) -> Result<(), AdminError> {
-        if !self.store().remove_prefix(key, audit).await? {
+        let removed = self.store().remove_prefix(key, audit).await;
+        let Some(revision) = self.settle_on_timeout(key, removed).await? else {
             return Err(AdminError::NotFound(key.to_string()));
-        }
-        self.forget(key);
-        tracing::info!(prefix = key, "prefix deleted");
+        };
+        self.forget(key, revision);
+        tracing::info!(prefix = key, revision, "prefix deleted");
         Ok(())
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -136,7 +207,8 @@ mod tests {
     use crate::clock::ManualClock;
     use crate::service::test_support::{Stalled, T0, by, service, service_on, take};
     use crate::service::{IssueError, Service};
-    use crate::store::{StoreError, counter_name};
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{Store, StoreError, counter_name};
 
     /// Waits (a bounded poll) until the replaced allocator of `key` has given its tail back
     /// (off the request path): the store's counter stands at `at` again.
@@ -197,7 +269,7 @@ mod tests {
         .unwrap();
         tail_given_back(&s, "TEST", 3).await;
         assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-04");
-        assert_eq!(s.config("TEST").await.unwrap().format, "T-{SEQ:2}");
+        assert_eq!(s.config("TEST").await.unwrap().0.format, "T-{SEQ:2}");
         assert_eq!(s.configs().await.unwrap().len(), 1);
         s.delete("TEST", &by()).await.unwrap();
         assert_eq!(
@@ -244,9 +316,12 @@ mod tests {
             Err(AdminError::Config(_))
         ));
         // The config read back is the first one, from memory and (after a restart) the store.
-        assert_eq!(s.config("INV").await.unwrap().format, "{year}-{SEQ:3}");
+        assert_eq!(s.config("INV").await.unwrap().0.format, "{year}-{SEQ:3}");
         let again = service_on(s.store().clone(), Arc::new(ManualClock::new(T0)));
-        assert_eq!(again.config("INV").await.unwrap().format, "{year}-{SEQ:3}");
+        assert_eq!(
+            again.config("INV").await.unwrap().0.format,
+            "{year}-{SEQ:3}"
+        );
         assert_eq!(again.load().await, Ok(1));
         assert!(again.registry().get("INV").is_some());
     }
@@ -286,5 +361,117 @@ mod tests {
             Err(AdminError::Storage(_))
         ));
         assert!(s.registry().is_empty());
+    }
+
+    /// What the node says about `key`, through every door: (the config `GET` shows, the
+    /// number a request gets). They agree when both see it or neither does.
+    async fn views(s: &Service, key: &str) -> (Option<String>, Result<String, IssueError>) {
+        let config = match s.config(key).await {
+            Ok((c, _)) => Some(c.format),
+            Err(AdminError::NotFound(_)) => None,
+            Err(e) => panic!("GET {key}: {e}"),
+        };
+        let number = take(s, key, 1).await.map(|n| n[0].0.clone());
+        (config, number)
+    }
+
+    fn agree(view: &(Option<String>, Result<String, IssueError>)) -> bool {
+        matches!(
+            view,
+            (Some(_), Ok(_)) | (None, Err(IssueError::NotRegistered(_)))
+        )
+    }
+
+    /// Polls (bounded) until `GET` and numbers agree that `key` is `registered` (or not);
+    /// returns what they say.
+    async fn agreed(
+        s: &Service,
+        key: &str,
+        registered: bool,
+    ) -> (Option<String>, Result<String, IssueError>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let view = views(s, key).await;
+            if agree(&view) && view.0.is_some() == registered {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "GET and numbers do not agree that {key} is registered={registered}: {view:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A standalone service whose embedded store times out after `timeout`.
+    fn stalling(dir: &tempfile::TempDir, timeout: Duration) -> (EmbeddedStore, Service) {
+        let store = EmbeddedStore::open(&dir.path().join("db"))
+            .unwrap()
+            .with_timeout(timeout);
+        let s = service_on(Arc::new(store.clone()), Arc::new(ManualClock::new(T0)));
+        (store, s)
+    }
+
+    /// Finding 6, a write that waited in the queue: answered 503, it is never run later,
+    /// so memory and store agree (nothing registered) and a retry registers it.
+    #[tokio::test]
+    async fn a_write_that_timed_out_in_the_queue_never_commits_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, s) = stalling(&dir, Duration::from_millis(100));
+        let body = br#"{"format":"X-{SEQ:3}","mode":"sequence"}"#;
+        let plug = store.plug();
+        plug.entered();
+        assert!(matches!(
+            s.register("X", body, &by()).await,
+            Err(AdminError::Storage(StoreError::Timeout(_)))
+        ));
+        assert!(matches!(
+            s.delete("X", &by()).await,
+            Err(AdminError::Storage(StoreError::Timeout(_)))
+        ));
+        assert!(agree(&views(&s, "X").await));
+        plug.release();
+        // The queue drains; whatever it ran, GET and numbers agree.
+        assert_eq!(store.settle_prefix("X").await.unwrap().config, None);
+        assert!(agree(&views(&s, "X").await), "{:?}", views(&s, "X").await);
+        s.register("X", body, &by()).await.unwrap();
+        assert_eq!(agreed(&s, "X", true).await.1, Ok("X-001".to_string()));
+    }
+
+    /// Finding 6, a write already in a transaction whose commit stalls: answered 503, it
+    /// commits later, and the registry learns it then (no restart needed): GET, numbers and
+    /// a second POST all say it is registered.
+    #[tokio::test]
+    async fn a_write_that_timed_out_in_its_commit_reaches_memory_when_it_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, s) = stalling(&dir, Duration::from_millis(300));
+        let body = br#"{"format":"Y-{SEQ:3}","mode":"sequence"}"#;
+        let first = store.plug();
+        first.entered();
+        // On this (current-thread) runtime the spawned request runs until it waits for the
+        // store: its write is queued before the second plug.
+        let s = Arc::new(s);
+        let request = tokio::spawn({
+            let s = s.clone();
+            async move { s.register("Y", body, &by()).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let second = store.plug();
+        // The writer takes the write and the second plug into one transaction: the write
+        // runs, the commit waits for the plug.
+        first.release();
+        second.entered();
+        assert!(matches!(
+            request.await.unwrap(),
+            Err(AdminError::Storage(StoreError::Timeout(_)))
+        ));
+        // Not committed yet: nobody sees it.
+        assert!(agree(&views(&s, "Y").await), "{:?}", views(&s, "Y").await);
+        second.release();
+        assert_eq!(agreed(&s, "Y", true).await.1, Ok("Y-001".to_string()));
+        assert_eq!(s.register("Y", body, &by()).await, Err(AdminError::Exists));
+        assert_eq!(s.config("Y").await.unwrap().0.format, "Y-{SEQ:3}");
     }
 }

@@ -130,22 +130,28 @@ impl Service {
         Ok(self.lookup(key).await?.config.mode)
     }
 
+    /// The entry of `key`: from memory, or (cluster mode) read from the store. What the
+    /// store answered is taken only if it is newer than what the registry holds by then
+    /// (the watch may have brought a newer version, or a delete, meanwhile); the entry live
+    /// after that is the one used.
     async fn lookup(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
         if let Some(e) = self.registry().get(key) {
             return Ok(e);
         }
-        if self.read_through
-            && let Some(config) = self
-                .store()
-                .get_prefix(key)
-                .await
-                .map_err(IssueError::Storage)?
-        {
-            return self
-                .apply(key, config)
-                .map_err(|_| IssueError::NotRegistered(key.to_string()));
+        let not_registered = || IssueError::NotRegistered(key.to_string());
+        if !self.read_through {
+            return Err(not_registered());
         }
-        Err(IssueError::NotRegistered(key.to_string()))
+        let seen = self
+            .store()
+            .observe_prefix(key)
+            .await
+            .map_err(IssueError::Storage)?;
+        self.registry
+            .observe(key, seen)
+            .ok()
+            .flatten()
+            .ok_or_else(not_registered)
     }
 
     /// Issues after looking `key` up (also in the store, in cluster mode): sequence
@@ -351,7 +357,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = Arc::new(service(&dir, clock.clone()));
-        s.apply("B", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("B", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
         let s2 = s.clone();
         let task = tokio::spawn(async move { take(&s2, "B", 10_000).await });
         for _ in 0..50 {
@@ -367,9 +373,14 @@ mod tests {
     async fn begin_issues_what_needs_no_wait_and_leaves_the_rest_pending() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("SF", config(r#"{"format":"S-{SEQ:2}"}"#)).unwrap();
-        s.apply("SQ", config(r#"{"format":"Q-{SEQ:2}","mode":"sequence"}"#))
+        s.apply("SF", config(r#"{"format":"S-{SEQ:2}"}"#), 1)
             .unwrap();
+        s.apply(
+            "SQ",
+            config(r#"{"format":"Q-{SEQ:2}","mode":"sequence"}"#),
+            1,
+        )
+        .unwrap();
         // A snowflake prefix in memory: done at once.
         let mut sink = Collect::default();
         assert!(s.begin("SF", 3, &mut sink).unwrap().is_none());
@@ -392,7 +403,7 @@ mod tests {
     /// Registers snowflake prefix `C` and makes the reservation end at the node's time,
     /// which it returns.
     fn reserved_until_now(s: &Service) -> u64 {
-        s.apply("C", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("C", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
         let now = s.node().now_units();
         s.node().install_grant(0, 1, 0, now);
         now
@@ -413,7 +424,8 @@ mod tests {
             tokio::spawn(async move { s2.resume(pending, &mut sink).await.map(|()| sink.numbers) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         clock.advance(2);
-        s.node().extend_ceiling(now + 10);
+        let id = s.node().grant().unwrap().id;
+        s.node().extend_ceiling(id, now + 10);
         let got = task.await.unwrap().unwrap();
         assert_eq!(got.len(), 5000);
         assert!(got.windows(2).all(|w| w[0].1 < w[1].1));
@@ -435,7 +447,7 @@ mod tests {
     async fn a_clock_that_stands_still_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("W", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("W", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
         // More than the lead allows within one reading of the clock.
         let err = take(&s, "W", 100_000).await.unwrap_err();
         assert!(
@@ -450,8 +462,8 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let node = node(Arc::new(ManualClock::new(T0)), &metrics);
         let s = Service::new(node, embedded(&dir), metrics, false);
-        s.apply("SF", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
-        s.apply("SQ", config(r#"{"format":"{SEQ:1}","mode":"sequence"}"#))
+        s.apply("SF", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
+        s.apply("SQ", config(r#"{"format":"{SEQ:1}","mode":"sequence"}"#), 1)
             .unwrap();
         for key in ["SF", "SQ"] {
             let err = take(&s, key, 1).await.unwrap_err();
@@ -483,8 +495,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_store_that_times_out_answers_storage_unavailable() {
         let s = service_on(Arc::new(Stalled), Arc::new(ManualClock::new(T0)));
-        s.apply("INV", config(r#"{"format":"I-{SEQ:3}","mode":"sequence"}"#))
-            .unwrap();
+        s.apply(
+            "INV",
+            config(r#"{"format":"I-{SEQ:3}","mode":"sequence"}"#),
+            1,
+        )
+        .unwrap();
         let err = take(&s, "INV", 1).await.unwrap_err();
         assert_eq!(err, IssueError::Storage(StoreError::Timeout(STALL)));
         let api: crate::http::error::ApiError = err.into();

@@ -6,23 +6,26 @@
 //!   without a lock; the per-prefix [`LastIssued`](crate::id::LastIssued) states.
 //! - [`issue`]: issuing, without an await when nothing needs to wait ([`Service::begin`]).
 //! - [`admin`]: registering, replacing, reading and deleting prefix configs.
+//! - [`revisions`]: which version of each config the registry holds; nothing older is
+//!   taken (SPEC 3.1).
 
 mod admin;
 mod issue;
 mod registry;
+mod revisions;
 /// The prefix watch (cluster mode) feeds the registry through this.
 impl ConfigSink for Service {
-    fn apply(&self, key: &str, config: PrefixConfig) -> Result<(), Refused> {
-        Service::apply(self, key, config)
+    fn apply(&self, key: &str, config: PrefixConfig, revision: Revision) -> Result<(), Refused> {
+        Service::apply(self, key, config, revision)
             .map(drop)
             .map_err(Into::into)
     }
 
-    fn forget(&self, key: &str) {
-        Service::forget(self, key)
+    fn forget(&self, key: &str, revision: Revision) {
+        Service::forget(self, key, revision)
     }
 
-    fn sync(&self, all: HashMap<String, PrefixConfig>) {
+    fn sync(&self, all: Snapshot) {
         Service::sync(self, all)
     }
 }
@@ -30,8 +33,8 @@ impl ConfigSink for Service {
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 pub use admin::AdminError;
 pub use issue::{IssueError, Pending, Sink};
@@ -41,15 +44,18 @@ use crate::cluster::watch::{ConfigSink, Refused};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::{PrefixConfig, PrefixError};
-use crate::store::Store;
+use crate::store::{Revision, Snapshot, Store};
 
 pub struct Service {
     node: Arc<Node>,
-    registry: Registry,
+    /// Shared with the tasks that settle a timed-out admin write.
+    registry: Arc<Registry>,
     store: Arc<dyn Store>,
     metrics: Metrics,
     /// Cluster mode: a key missing from memory is looked up in the store before a 400.
     read_through: bool,
+    /// Keys whose timed-out write a background task is still settling.
+    settling: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Service {
@@ -61,10 +67,11 @@ impl Service {
     ) -> Service {
         Service {
             node,
-            registry: Registry::new(store.clone(), metrics.clone()),
+            registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             store,
             metrics,
             read_through,
+            settling: Arc::default(),
         }
     }
 
@@ -81,28 +88,37 @@ impl Service {
         &self.metrics
     }
 
-    /// Makes `config` the live config of `key` (no-op when it already is). The replaced
-    /// entry's sequence blocks are given back.
-    pub fn apply(&self, key: &str, config: PrefixConfig) -> Result<Arc<Entry>, PrefixError> {
-        self.registry.apply(key, config)
+    /// Makes `config`, written at store revision `revision`, the live config of `key` —
+    /// unless the registry already holds `key` as of a later revision (then nothing
+    /// changes). No-op when it already is the config. The replaced entry's sequence blocks
+    /// are given back. Returns the entry live for `key` afterwards.
+    pub fn apply(
+        &self,
+        key: &str,
+        config: PrefixConfig,
+        revision: Revision,
+    ) -> Result<Option<Arc<Entry>>, PrefixError> {
+        self.registry.apply(key, config, revision)
     }
 
-    /// Forgets `key` locally (its counters stay in the store).
-    pub fn forget(&self, key: &str) {
-        self.registry.forget(key);
+    /// Forgets `key` locally (its counters stay in the store), deleted at `revision` —
+    /// unless the registry holds a later version of it.
+    pub fn forget(&self, key: &str, revision: Revision) {
+        self.registry.forget(key, revision);
     }
 
-    /// Makes the registry equal to `all` (a full read of the store) in one swap: unchanged
-    /// entries are kept, changed ones rebuilt, missing ones dropped.
-    pub fn sync(&self, all: HashMap<String, PrefixConfig>) {
+    /// Makes the registry equal to `all` (a full read of the store) in one swap, except for
+    /// keys seen at a later revision than the read's: unchanged entries are kept, changed
+    /// ones rebuilt, missing ones dropped.
+    pub fn sync(&self, all: Snapshot) {
         self.registry.sync(all);
     }
 
     /// Loads every stored config into memory.
     pub async fn load(&self) -> Result<usize, AdminError> {
-        let all = self.store.list_prefixes().await?;
-        let n = all.len();
-        self.sync(all.into_iter().collect());
+        let all = self.store.snapshot_prefixes().await?;
+        let n = all.configs.len();
+        self.sync(all);
         Ok(n)
     }
 

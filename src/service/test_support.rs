@@ -12,7 +12,9 @@ use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::prefix::PrefixConfig;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{AuditMeta, AuditRecord, SeqBlock, Store, StoreError, Written};
+use crate::store::{
+    AuditMeta, AuditRecord, Observed, Revision, SeqBlock, Snapshot, Store, StoreError, Written,
+};
 
 pub const T0: u64 = 1_763_700_000_000;
 
@@ -94,10 +96,10 @@ async fn stall<T>() -> Result<T, StoreError> {
 
 #[async_trait::async_trait]
 impl Store for Stalled {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         stall().await
     }
-    async fn get_prefix(&self, _: &str) -> Result<Option<PrefixConfig>, StoreError> {
+    async fn observe_prefix(&self, _: &str) -> Result<Observed, StoreError> {
         stall().await
     }
     async fn write_prefix(
@@ -106,10 +108,10 @@ impl Store for Stalled {
         _: &PrefixConfig,
         _: bool,
         _: &AuditMeta,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Revision), StoreError> {
         stall().await
     }
-    async fn remove_prefix(&self, _: &str, _: &AuditMeta) -> Result<bool, StoreError> {
+    async fn remove_prefix(&self, _: &str, _: &AuditMeta) -> Result<Option<Revision>, StoreError> {
         stall().await
     }
     async fn prefix_history(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {

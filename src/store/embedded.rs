@@ -3,7 +3,13 @@
 //! transaction — group commit: a thousand sequence prefixes prefetching at once cost one
 //! fsync, not a thousand queued ones. A write's caller hears back only after the commit.
 //! Reads run on tokio's blocking pool and see the last commit. Every call is bounded by the
-//! store deadline, so a slow disk never stalls a runtime thread.
+//! store deadline, so a slow disk never stalls a runtime thread. A write whose caller gave
+//! up (its deadline passed while the write waited in the queue) is skipped, not run late;
+//! one already running when the deadline passed ends with its transaction, and
+//! [`Store::settle_prefix`] waits behind it in the same queue to learn how it ended.
+//!
+//! Prefix configs carry revisions (SPEC 3.1): a counter, bumped in the transaction of every
+//! config write or delete, and kept per key beside the config.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,8 +19,8 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{
-    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written,
-    bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
+    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
+    Store, StoreError, Written, bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::prefix::PrefixConfig;
 
@@ -26,6 +32,12 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const SEQ_RESET: TableDefinition<&str, &str> = TableDefinition::new("seq_reset");
 /// Audit records: (prefix key, number of the record within the key) to the record's JSON.
 const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
+/// The revision each config was written at, by prefix key.
+const PREFIX_REV: TableDefinition<&str, u64> = TableDefinition::new("prefix_rev");
+/// The config revision counter, under [`REVISION_KEY`]: the revision of the last config
+/// write or delete.
+const REVISION: TableDefinition<&str, u64> = TableDefinition::new("revision");
+const REVISION_KEY: &str = "prefixes";
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -55,6 +67,9 @@ trait WriteJob: Send {
     fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> (Completion, bool);
     /// Answers the caller when no transaction could be started.
     fn fail(self: Box<Self>, e: StoreError);
+    /// True when the caller no longer waits for the answer (its deadline passed): the job
+    /// is dropped unrun, so a write answered as timed out never commits later.
+    fn abandoned(&self) -> bool;
 }
 
 struct TypedJob<T, F> {
@@ -82,6 +97,10 @@ where
     fn fail(self: Box<Self>, e: StoreError) {
         let _ = self.reply.send(Err(e));
     }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// The writer thread: takes every waiting write into one transaction, commits, answers.
@@ -93,6 +112,10 @@ fn write_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Box<dyn WriteJo
                 Ok(j) => group.push(j),
                 Err(_) => break,
             }
+        }
+        group.retain(|j| !j.abandoned());
+        if group.is_empty() {
+            continue;
         }
         let txn = match db.begin_write() {
             Ok(t) => t,
@@ -171,6 +194,8 @@ impl EmbeddedStore {
             txn.open_table(META).map_err(unavailable)?;
             txn.open_table(SEQ_RESET).map_err(unavailable)?;
             txn.open_table(AUDIT).map_err(unavailable)?;
+            txn.open_table(PREFIX_REV).map_err(unavailable)?;
+            txn.open_table(REVISION).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -317,42 +342,118 @@ fn append_audit(
     Ok(())
 }
 
+/// A value of a `&str -> u64` table (the revision tables).
+fn stored_u64(
+    table: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<Option<u64>, StoreError> {
+    Ok(table.get(key).map_err(unavailable)?.map(|v| v.value()))
+}
+
+/// Records a new revision for the config of `key` written in `txn`, and returns it.
+fn record_revision(txn: &redb::WriteTransaction, key: &str) -> Result<Revision, StoreError> {
+    let revision = next_revision(txn)?;
+    let mut revisions = txn.open_table(PREFIX_REV).map_err(unavailable)?;
+    revisions.insert(key, revision).map_err(unavailable)?;
+    Ok(revision)
+}
+
+/// Bumps the config revision counter in `txn`: the revision of a write or delete made in it.
+fn next_revision(txn: &redb::WriteTransaction) -> Result<Revision, StoreError> {
+    let mut table = txn.open_table(REVISION).map_err(unavailable)?;
+    let next = stored_u64(&table, REVISION_KEY)?.unwrap_or(0) + 1;
+    table.insert(REVISION_KEY, next).map_err(unavailable)?;
+    Ok(next)
+}
+
+/// What the open tables hold under `key`: its config and revision, or the counter's value
+/// when it is absent. Data written before revisions were kept reads as revision 0.
+fn observed_in(
+    configs: &impl ReadableTable<&'static str, &'static str>,
+    revisions: &impl ReadableTable<&'static str, u64>,
+    counter: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<Observed, StoreError> {
+    let config = configs
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| decode(key, v.value()))
+        .transpose()?;
+    let revision = match config {
+        Some(_) => stored_u64(revisions, key)?,
+        None => stored_u64(counter, REVISION_KEY)?,
+    };
+    Ok(Observed {
+        config,
+        revision: revision.unwrap_or(0),
+    })
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         self.run(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let mut out = Vec::new();
+            let revisions = txn.open_table(PREFIX_REV).map_err(unavailable)?;
+            let counter = txn.open_table(REVISION).map_err(unavailable)?;
+            let mut configs = Vec::new();
             for row in table.iter().map_err(unavailable)? {
                 let (k, v) = row.map_err(unavailable)?;
-                out.push((k.value().to_string(), decode(k.value(), v.value())?));
+                let revision = stored_u64(&revisions, k.value())?.unwrap_or(0);
+                configs.push((
+                    k.value().to_string(),
+                    decode(k.value(), v.value())?,
+                    revision,
+                ));
             }
-            Ok(out)
+            Ok(Snapshot {
+                revision: stored_u64(&counter, REVISION_KEY)?.unwrap_or(0),
+                configs,
+            })
         })
         .await
     }
 
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
+    async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError> {
         let key = key.to_string();
         self.run(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let got = table.get(key.as_str()).map_err(unavailable)?;
-            got.map(|v| decode(&key, v.value())).transpose()
+            observed_in(
+                &txn.open_table(PREFIXES).map_err(unavailable)?,
+                &txn.open_table(PREFIX_REV).map_err(unavailable)?,
+                &txn.open_table(REVISION).map_err(unavailable)?,
+                &key,
+            )
+        })
+        .await
+    }
+
+    /// A read that waits its turn in the writer's queue: it runs after every write queued
+    /// before it (committed, failed, or skipped because its caller gave up), and answers
+    /// once the transaction it ran in is committed.
+    async fn settle_prefix(&self, key: &str) -> Result<Observed, StoreError> {
+        let key = key.to_string();
+        self.write(move |txn| {
+            observed_in(
+                &txn.open_table(PREFIXES).map_err(unavailable)?,
+                &txn.open_table(PREFIX_REV).map_err(unavailable)?,
+                &txn.open_table(REVISION).map_err(unavailable)?,
+                &key,
+            )
         })
         .await
     }
 
     /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] and
-    /// written in one transaction.
+    /// written in one transaction, with the config's revision.
     async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
         audit: &AuditMeta,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Revision), StoreError> {
         let (key, json, config) = (key.to_string(), encode(config)?, config.clone());
         let audit = audit.clone();
         self.write(move |txn| {
@@ -369,6 +470,7 @@ impl Store for EmbeddedStore {
                 .map(|v| parse_bound_reset(&format!("seq_reset/{key}"), v.value().as_bytes()))
                 .transpose()?;
             let outcome = plan_write(existing.as_ref(), bound_reset, &config, create_only);
+            let mut revision = 0;
             if outcome.wrote() {
                 table
                     .insert(key.as_str(), json.as_str())
@@ -378,30 +480,38 @@ impl Store for EmbeddedStore {
                         .insert(key.as_str(), reset.as_str())
                         .map_err(unavailable)?;
                 }
+                revision = record_revision(txn, &key)?;
             }
             if let Some(record) =
                 AuditRecord::of_write(&audit, &outcome, existing.as_ref(), &config)
             {
                 append_audit(txn, &key, &record)?;
             }
-            Ok(outcome)
+            Ok((outcome, revision))
         })
         .await
     }
 
-    async fn remove_prefix(&self, key: &str, audit: &AuditMeta) -> Result<bool, StoreError> {
+    async fn remove_prefix(
+        &self,
+        key: &str,
+        audit: &AuditMeta,
+    ) -> Result<Option<Revision>, StoreError> {
         let (key, audit) = (key.to_string(), audit.clone());
         self.write(move |txn| {
             let before = {
                 let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
                 let removed = table.remove(key.as_str()).map_err(unavailable)?;
                 match removed {
-                    None => return Ok(false),
+                    None => return Ok(None),
                     Some(v) => decode(&key, v.value()).ok(),
                 }
             };
+            let mut revisions = txn.open_table(PREFIX_REV).map_err(unavailable)?;
+            revisions.remove(key.as_str()).map_err(unavailable)?;
+            drop(revisions);
             append_audit(txn, &key, &AuditRecord::of_delete(&audit, before))?;
-            Ok(true)
+            Ok(Some(next_revision(txn)?))
         })
         .await
     }
@@ -498,6 +608,55 @@ impl Store for EmbeddedStore {
     }
 }
 
+/// A writer thread held inside a job, for tests of a store that stalls.
+#[cfg(test)]
+pub(crate) struct Plug {
+    release: std::sync::mpsc::Sender<()>,
+    entered: std::sync::mpsc::Receiver<()>,
+    /// Kept, so that the plug's own job is not skipped as abandoned.
+    _answer: tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
+}
+
+#[cfg(test)]
+impl Plug {
+    /// Waits until the writer thread is inside the plug (every write queued after it waits).
+    pub(crate) fn entered(&self) {
+        self.entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer reached the plug");
+    }
+
+    /// Lets the writer go on (dropping the plug does too).
+    pub(crate) fn release(self) {
+        let _ = self.release.send(());
+    }
+}
+
+#[cfg(test)]
+impl EmbeddedStore {
+    /// Queues a job that holds the writer thread until the plug is released: the writes
+    /// queued behind it wait; those already taken into the same transaction before it have
+    /// run, and their commit waits.
+    pub(crate) fn plug(&self) -> Plug {
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (arrived, entered) = std::sync::mpsc::channel::<()>();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let f = move |_: &redb::WriteTransaction| {
+            let _ = arrived.send(());
+            let _ = released.recv();
+            Ok(())
+        };
+        self.writer
+            .send(Box::new(TypedJob { f, reply }))
+            .expect("the writer runs");
+        Plug {
+            release,
+            entered,
+            _answer: answer,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -515,5 +674,85 @@ mod tests {
             drop(store);
             drop(clone);
         }
+    }
+
+    /// Config writes and deletes get increasing revisions, in the same transaction; reads
+    /// say as of which revision they know a key; a write queued behind a stalled one whose
+    /// caller gave up is never run.
+    #[tokio::test]
+    async fn revisions_and_writes_whose_caller_gave_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("db"))
+            .unwrap()
+            .with_timeout(Duration::from_millis(200));
+        let config: PrefixConfig = PrefixConfig::from_request(br#"{"format":"A{SEQ:2}"}"#)
+            .unwrap()
+            .0;
+        let absent = |revision| Observed {
+            config: None,
+            revision,
+        };
+        assert_eq!(store.observe_prefix("A").await.unwrap(), absent(0));
+        assert_eq!(
+            store
+                .write_prefix("A", &config, true, &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            (Written::Created, 1)
+        );
+        assert_eq!(
+            store
+                .write_prefix("A", &config, true, &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            (Written::Exists, 0)
+        );
+        assert_eq!(
+            store
+                .write_prefix("B", &config, false, &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            (Written::Created, 2)
+        );
+        let seen = store.observe_prefix("A").await.unwrap();
+        assert_eq!((seen.config.as_ref(), seen.revision), (Some(&config), 1));
+        assert_eq!(
+            store
+                .remove_prefix("A", &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            Some(3)
+        );
+        assert_eq!(
+            store
+                .remove_prefix("A", &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.observe_prefix("A").await.unwrap(), absent(3));
+        assert_eq!(store.settle_prefix("A").await.unwrap(), absent(3));
+        let snap = store.snapshot_prefixes().await.unwrap();
+        assert_eq!(snap.revision, 3);
+        assert_eq!(snap.configs, vec![("B".to_string(), config.clone(), 2)]);
+
+        // Stalled: the write times out in the queue and is dropped unrun.
+        let plug = store.plug();
+        plug.entered();
+        assert_eq!(
+            store
+                .write_prefix("C", &config, true, &AuditMeta::unattributed())
+                .await,
+            Err(StoreError::Timeout(Duration::from_millis(200)))
+        );
+        plug.release();
+        assert_eq!(store.settle_prefix("C").await.unwrap(), absent(3));
+        assert_eq!(
+            store
+                .write_prefix("C", &config, true, &AuditMeta::unattributed())
+                .await
+                .unwrap(),
+            (Written::Created, 4)
+        );
     }
 }

@@ -55,6 +55,28 @@ impl SeqBlock {
     }
 }
 
+/// A position in the store's history of prefix configs (SPEC 3.1: configs carry the store's
+/// revision): etcd's revision, or the embedded store's count of config writes. Every write
+/// or delete of a config gets a higher one than everything before it, so of two versions of
+/// a key the one with the higher revision is the newer.
+pub type Revision = u64;
+
+/// What the store holds under one key, and as of which revision that is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub config: Option<PrefixConfig>,
+    /// With a config: the revision it was written at. Without: the store's revision at the
+    /// read (the key was absent then, so anything written later has a higher one).
+    pub revision: Revision,
+}
+
+/// Every prefix config with the revision it was written at, read as of one revision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub configs: Vec<(String, PrefixConfig, Revision)>,
+}
+
 /// What a config write did (`create_prefix`, `replace_prefix`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -135,25 +157,45 @@ pub fn counter_name(key: &str, period: Option<&str>) -> String {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Every stored prefix config.
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError>;
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError>;
+    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+        let all = self.snapshot_prefixes().await?.configs;
+        Ok(all
+            .into_iter()
+            .map(|(key, config, _)| (key, config))
+            .collect())
+    }
+    /// Every stored prefix config with its revision, and the revision of the read.
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError>;
+    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
+        Ok(self.observe_prefix(key).await?.config)
+    }
+    /// The config of `key` (if any) and the revision it is known as of.
+    async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError>;
+    /// [`Store::observe_prefix`] once every write the store had accepted before this call has
+    /// been committed or given up, so that a caller whose write timed out learns how it ended
+    /// (the embedded store's writes wait in a queue; etcd has nothing queued here, and a write
+    /// that commits late reaches every node through the watch).
+    async fn settle_prefix(&self, key: &str) -> Result<Observed, StoreError> {
+        self.observe_prefix(key).await
+    }
     /// Writes `config` under `key` as [`plan_write`] decides from what is stored (with
     /// `create_only`, never over an existing config), in one transaction that also binds a
     /// sequence prefix's counters to its reset ([`reset_to_bind`]) and, when it writes,
     /// appends the audit record of the change by `audit` ([`AuditRecord::of_write`]).
+    /// Returns what it did and the revision of the write (0 when nothing was written).
     async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
         audit: &AuditMeta,
-    ) -> Result<Written, StoreError>;
+    ) -> Result<(Written, Revision), StoreError>;
     /// `POST` outside a request (tests, tools): stores `config` unless `key` exists
     /// (`Exists`) or its counters are bound to another reset (`ResetChange`). Audited as
     /// [`AuditMeta::unattributed`]; the service writes with the request's [`AuditMeta`].
     async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
         let audit = AuditMeta::unattributed();
-        self.write_prefix(key, config, true, &audit).await
+        Ok(self.write_prefix(key, config, true, &audit).await?.0)
     }
     /// `PUT` outside a request: creates or replaces, refusing a change of mode or of a
     /// sequence prefix's reset. Audited as [`AuditMeta::unattributed`].
@@ -163,15 +205,23 @@ pub trait Store: Send + Sync + 'static {
         config: &PrefixConfig,
     ) -> Result<Written, StoreError> {
         let audit = AuditMeta::unattributed();
-        self.write_prefix(key, config, false, &audit).await
+        Ok(self.write_prefix(key, config, false, &audit).await?.0)
     }
     /// Removes the config (counters, and the reset they are bound to, stay), appending the
-    /// audit record of the deletion by `audit` in the same transaction; `false` (and no
-    /// record) when there was none.
-    async fn remove_prefix(&self, key: &str, audit: &AuditMeta) -> Result<bool, StoreError>;
-    /// [`Store::remove_prefix`] outside a request, audited as [`AuditMeta::unattributed`].
+    /// audit record of the deletion by `audit` in the same transaction; returns the revision
+    /// of the delete (`None`, and no record, when there was no config).
+    async fn remove_prefix(
+        &self,
+        key: &str,
+        audit: &AuditMeta,
+    ) -> Result<Option<Revision>, StoreError>;
+    /// [`Store::remove_prefix`] outside a request, audited as [`AuditMeta::unattributed`];
+    /// `false` when there was no config.
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
-        self.remove_prefix(key, &AuditMeta::unattributed()).await
+        Ok(self
+            .remove_prefix(key, &AuditMeta::unattributed())
+            .await?
+            .is_some())
     }
     /// The audit records of `key`, newest first: at most [`AUDIT_KEEP`], also after the
     /// key was deleted.

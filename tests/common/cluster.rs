@@ -3,13 +3,16 @@
 //! those tests read nodes with: readiness, metrics, `/cluster/nodes`, drawing and checking
 //! numbers, and a few direct etcd reads and writes.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
 use super::etcd::Etcd;
+use super::history::{History, Number, Recorder, Report};
 use super::server::{Client, Resp, Server, ServerOpts, random_token};
 
 /// The lease TTL of the tests that wait for a lease to expire or a node to be fenced (the
@@ -177,10 +180,88 @@ pub fn register(s: &Server, key: &str, mode: &str) {
 }
 
 /// One issued number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Num {
     pub id: u64,
     pub degraded: bool,
+    /// The rendered `number`: what a caller keeps (SPEC 1.3).
+    pub number: String,
+}
+
+impl Num {
+    /// As the history checker records it.
+    pub fn to_number(&self) -> Number {
+        Number {
+            number: self.number.clone(),
+            id: self.id.to_string(),
+            degraded: self.degraded,
+        }
+    }
+}
+
+/// Records `nums` of `key`, in issue order, with `rec` (one ordered stream: one node).
+pub fn record(rec: &mut Recorder, key: &str, nums: &[Num]) {
+    let numbers: Vec<Number> = nums.iter().map(Num::to_number).collect();
+    rec.record(key, &numbers);
+}
+
+/// The numbers a test draws from its nodes on its own thread, into one [`History`]: one
+/// ordered stream per node process (by address, so a restarted node, on a new port, starts
+/// a new one). Threads drawing at the same time keep recorders of their own
+/// ([`Checked::recorder`]). [`Checked::assert_clean`] at the end: no `number` string or
+/// id of a prefix repeated, and no node's numbers of a prefix going backwards.
+pub struct Checked {
+    history: Arc<History>,
+    streams: HashMap<SocketAddr, Recorder>,
+}
+
+impl Default for Checked {
+    fn default() -> Self {
+        Checked::new()
+    }
+}
+
+impl Checked {
+    pub fn new() -> Checked {
+        Checked {
+            history: History::new(),
+            streams: HashMap::new(),
+        }
+    }
+
+    /// A recorder of its own, for a thread that draws from `node` at the same time.
+    pub fn recorder(&self, node: impl Into<String>) -> Recorder {
+        self.history.recorder(node)
+    }
+
+    /// Records `nums` of `key`, as `s` issued them.
+    pub fn add(&mut self, s: &Server, key: &str, nums: &[Num]) {
+        let rec = self
+            .streams
+            .entry(s.addr())
+            .or_insert_with(|| self.history.recorder(s.addr().to_string()));
+        record(rec, key, nums);
+    }
+
+    /// [`take`], recorded.
+    pub fn take(&mut self, s: &Server, key: &str, count: u64) -> Vec<Num> {
+        let nums = take(s, key, count);
+        self.add(s, key, &nums);
+        nums
+    }
+
+    /// Everything recorded so far is checked; panics with the findings.
+    pub fn assert_clean(&mut self) -> Report {
+        for rec in self.streams.values_mut() {
+            rec.flush();
+        }
+        let report = self.history.assert_clean();
+        println!(
+            "history: {} numbers checked ({} degraded), none repeated",
+            report.numbers, report.degraded
+        );
+        report
+    }
 }
 
 /// The numbers of a 200 answer (single or batch), each checked against its rendering.
@@ -197,7 +278,11 @@ pub fn parse_numbers(key: &str, r: &Resp) -> Vec<Num> {
             .unwrap_or_else(|| panic!("degraded of {n}"));
         let want = format!("{key}-{id}{}", if degraded { "D" } else { "" });
         assert_eq!(n["number"], want.as_str(), "{n}");
-        Num { id, degraded }
+        Num {
+            id,
+            degraded,
+            number: want,
+        }
     };
     match v.get("numbers") {
         Some(list) => list

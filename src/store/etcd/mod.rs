@@ -26,8 +26,8 @@ use etcd_client::{
 };
 
 use super::{
-    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written,
-    bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
+    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
+    Store, StoreError, Written, bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::config::EtcdConfig;
 use crate::prefix::PrefixConfig;
@@ -64,6 +64,11 @@ fn decode(key: &str, value: &[u8]) -> Result<PrefixConfig, StoreError> {
 
 fn encode(config: &PrefixConfig) -> Result<String, StoreError> {
     serde_json::to_string(config).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The revision an answer of etcd was made at (its header's; etcd revisions are positive).
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as Revision)
 }
 
 /// A key as last seen: its value, and the revision a conditional write is guarded on.
@@ -250,7 +255,7 @@ impl EtcdStore {
 
 #[async_trait]
 impl Store for EtcdStore {
-    async fn list_prefixes(&self) -> Result<Vec<(String, PrefixConfig)>, StoreError> {
+    async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         let dir = self.keys.prefixes();
         bounded(self.timeout, async {
             let resp = self
@@ -258,22 +263,44 @@ impl Store for EtcdStore {
                 .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
                 .await
                 .map_err(unavailable)?;
-            let mut out = Vec::with_capacity(resp.kvs().len());
+            let mut configs = Vec::with_capacity(resp.kvs().len());
             for kv in resp.kvs() {
                 let full = kv.key_str().map_err(|e| corrupt(&dir, e))?;
                 // Only direct children are configs; anything deeper is not ours to read.
                 if let Some(name) = self.keys.prefix_name(full) {
-                    out.push((name.to_string(), decode(full, kv.value())?));
+                    let revision = kv.mod_revision() as Revision;
+                    configs.push((name.to_string(), decode(full, kv.value())?, revision));
                 }
             }
             // etcd returns a range sorted by key, like the embedded store's table.
-            Ok(out)
+            Ok(Snapshot {
+                revision: header_revision(resp.header()),
+                configs,
+            })
         })
         .await
     }
 
-    async fn get_prefix(&self, key: &str) -> Result<Option<PrefixConfig>, StoreError> {
-        self.get_parsed(&self.keys.prefix(key), decode).await
+    async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError> {
+        let key = self.keys.prefix(key);
+        bounded(self.timeout, async {
+            let resp = self
+                .kv()
+                .get(key.as_str(), None)
+                .await
+                .map_err(unavailable)?;
+            Ok(match resp.kvs().first() {
+                Some(kv) => Observed {
+                    config: Some(decode(&key, kv.value())?),
+                    revision: kv.mod_revision() as Revision,
+                },
+                None => Observed {
+                    config: None,
+                    revision: header_revision(resp.header()),
+                },
+            })
+        })
+        .await
     }
 
     /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
@@ -286,7 +313,7 @@ impl Store for EtcdStore {
         config: &PrefixConfig,
         create_only: bool,
         audit: &AuditMeta,
-    ) -> Result<Written, StoreError> {
+    ) -> Result<(Written, Revision), StoreError> {
         let (key, bind_key, json) = (
             self.keys.prefix(prefix_key),
             self.keys.seq_reset(prefix_key),
@@ -316,7 +343,7 @@ impl Store for EtcdStore {
                     .transpose()?;
                 let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
                 if !outcome.wrote() {
-                    return Ok(outcome);
+                    return Ok((outcome, 0));
                 }
                 let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
                 if let Some(reset) = reset_to_bind(config, bound_reset) {
@@ -334,8 +361,9 @@ impl Store for EtcdStore {
                     writes.extend(ops);
                 }
                 let txn = Txn::new().when(guards).and_then(writes);
-                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
-                    return Ok(outcome);
+                let resp = kv.txn(txn).await.map_err(unavailable)?;
+                if resp.succeeded() {
+                    return Ok((outcome, header_revision(resp.header())));
                 }
             }
         })
@@ -344,7 +372,11 @@ impl Store for EtcdStore {
 
     /// Reads the config and the audit record keys together, then deletes the config and
     /// appends the record in one transaction guarded on the config being as read.
-    async fn remove_prefix(&self, prefix_key: &str, audit: &AuditMeta) -> Result<bool, StoreError> {
+    async fn remove_prefix(
+        &self,
+        prefix_key: &str,
+        audit: &AuditMeta,
+    ) -> Result<Option<Revision>, StoreError> {
         let key = self.keys.prefix(prefix_key);
         bounded(self.timeout, async {
             let mut kv = self.kv();
@@ -357,7 +389,7 @@ impl Store for EtcdStore {
                 let ops = resp.op_responses();
                 let stored = seen_in(&ops);
                 let Some(value) = stored.value else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let before = decode(&key, &value).ok();
                 let record = AuditRecord::of_delete(audit, before);
@@ -367,8 +399,9 @@ impl Store for EtcdStore {
                 let txn = Txn::new()
                     .when([unchanged(&key, stored.revision), new])
                     .and_then(writes);
-                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
-                    return Ok(true);
+                let resp = kv.txn(txn).await.map_err(unavailable)?;
+                if resp.succeeded() {
+                    return Ok(Some(header_revision(resp.header())));
                 }
             }
         })
