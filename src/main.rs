@@ -90,11 +90,7 @@ fn health(config: Config) -> ExitCode {
 
 /// `numgen decode ID`: the ID's fields as JSON, in the configured layout.
 fn decode(config: Config, id: &str) -> ExitCode {
-    let described = id
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| numgen::id::describe(&config.layout, n));
-    match described {
+    match numgen::id::describe_text(&config.layout, id) {
         Some(d) => {
             let v = numgen::http::ops::decoded_json(&d);
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());

@@ -69,6 +69,8 @@ pub struct Config {
     pub on_clock_backward: Policy,
     pub on_lease_loss: Policy,
     pub log_format: LogFormat,
+    /// Open connections at most (SPEC 7).
+    pub max_connections: usize,
     pub layout: Layout,
 }
 
@@ -103,6 +105,7 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            max_connections,
             layout,
         } = self;
         let layout = validate_layout(layout, now_ms)?;
@@ -121,6 +124,12 @@ impl Settings {
         let on_clock_backward = policy("on_clock_backward", on_clock_backward)?;
         let on_lease_loss = policy("on_lease_loss", on_lease_loss)?;
         let log_format = log_format_of(log_format)?;
+        let max_connections = within(
+            "max_connections",
+            max_connections.unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS as u64),
+            1,
+            1_000_000,
+        )? as usize;
         let admin_token = token(admin_token)?;
         let etcd = validate_etcd(
             EtcdArgs {
@@ -148,6 +157,7 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            max_connections,
             layout,
         })
     }
@@ -396,6 +406,7 @@ mod tests {
             (Policy::Degrade, Policy::Degrade)
         );
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.max_connections, 10_000);
         assert!(c.etcd.is_none());
         assert_eq!(c.layout.settings(), &LayoutSettings::default());
     }
@@ -432,6 +443,7 @@ mod tests {
             ("on_clock_backward = \"panic\"", "on_clock_backward"),
             ("on_lease_loss = \"x\"", "on_lease_loss"),
             ("log_format = \"xml\"", "log_format"),
+            ("max_connections = 0", "max_connections"),
             ("admin_token = \"\"", "admin_token"),
             (
                 "etcd_endpoints = [\"http://127.0.0.1:2379\"]",

@@ -106,6 +106,9 @@ pub struct Settings {
     /// Log format: text or json [default: text]. Level: RUST_LOG.
     #[arg(long, env = "NUMGEN_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Open connections at most; beyond it new ones wait in the listen backlog [default: 10000].
+    #[arg(long, env = "NUMGEN_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
     #[command(flatten)]
     #[serde(default)]
     pub layout: LayoutArgs,
@@ -176,6 +179,7 @@ impl Settings {
             on_clock_backward,
             on_lease_loss,
             log_format,
+            max_connections,
             layout,
         } = self;
         let LayoutArgs {
@@ -207,6 +211,7 @@ impl Settings {
             on_clock_backward: on_clock_backward.or(lower.on_clock_backward),
             on_lease_loss: on_lease_loss.or(lower.on_lease_loss),
             log_format: log_format.or(lower.log_format),
+            max_connections: max_connections.or(lower.max_connections),
             layout: LayoutArgs {
                 epoch: epoch.or(lower.layout.epoch),
                 time_unit_ms: time_unit_ms.or(lower.layout.time_unit_ms),

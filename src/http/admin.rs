@@ -74,7 +74,7 @@ pub async fn handle(
         let list: Vec<_> = all.iter().map(|(k, c)| config_body(None, k, c)).collect();
         return Ok(json_response(StatusCode::OK, &json!({ "prefixes": list })));
     };
-    let key = checked_key(raw)?;
+    let key = checked_key(raw, false)?;
     let m = &parts.method;
     let answer = if *m == Method::GET || *m == Method::HEAD {
         let config = service.config(&key).await?;

@@ -13,12 +13,12 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use prometheus::{Histogram, IntCounter};
 
 use super::error::ApiError;
 use super::numbers::{self, Begun};
-use super::request::declared_too_large;
+use super::request::{declared_too_large, read_body, shown};
 use super::{HttpResponse, admin, ops};
 use crate::cluster::ClusterView;
 use crate::service::Service;
@@ -228,10 +228,7 @@ pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) ->
     let started = Instant::now();
     let (parts, body) = req.into_parts();
     let (route, param) = route_of(parts.uri.path());
-    if route == RouteId::Numbers
-        && route.allows(&parts.method)
-        && !declared_too_large(&parts.headers)
-    {
+    if route == RouteId::Numbers && route.allows(&parts.method) && body.is_end_stream() {
         let begun = numbers::begin(&state.service, &parts, param);
         let request = (route, &parts.method, Some(parts.uri.path()));
         return match begun {
@@ -271,17 +268,23 @@ async fn dispatch(
     }
     if !route.allows(&parts.method) {
         return Err(ApiError::MethodNotAllowed {
-            method: parts.method.to_string(),
+            method: shown(parts.method.as_str()),
             allow: route.allowed(),
         });
     }
     let service = &state.service;
     match route {
-        // Normally answered by `call` without this detour.
-        RouteId::Numbers => match numbers::begin(service, parts, param)? {
-            Begun::Done(resp) => Ok(resp),
-            Begun::Later(pending) => pending.finish(service).await,
-        },
+        // Normally answered by `call` without this detour; here when the request has a
+        // body, which is read (bounded, its framing checked) and ignored.
+        RouteId::Numbers => {
+            if !body.is_end_stream() {
+                read_body(body).await?;
+            }
+            match numbers::begin(service, parts, param)? {
+                Begun::Done(resp) => Ok(resp),
+                Begun::Later(pending) => pending.finish(service).await,
+            }
+        }
         RouteId::PrefixConfig | RouteId::PrefixConfigs => {
             // Boxed, like the other rare routes: the request future keeps the size of the
             // numbers route.
@@ -295,8 +298,8 @@ async fn dispatch(
         RouteId::ClusterNodes => Box::pin(ops::cluster_nodes(state.cluster.as_ref())).await,
         RouteId::Unmatched => Err(ApiError::NotFound(format!(
             "no route for {} {}",
-            parts.method,
-            parts.uri.path()
+            shown(parts.method.as_str()),
+            shown(parts.uri.path())
         ))),
     }
 }

@@ -82,7 +82,7 @@ async fn start(
     });
     let state = Arc::new(HttpState::new(service, TOKEN.into(), cluster));
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async {
+    let server = tokio::spawn(serve(listener, state, 100, async {
         let _ = stopped.await;
     }));
     (addr, stop, server)
