@@ -199,6 +199,11 @@ pub async fn drive(
         conn.as_mut().graceful_shutdown();
         watchdog.closing(Instant::now());
     }
+    // One future for the whole life of the connection: made once, not at every wake-up.
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             biased;
@@ -208,12 +213,10 @@ pub async fn drive(
                 }
                 break;
             }
-            changed = stop.changed(), if !stopping => {
+            () = &mut stopped, if !stopping => {
                 stopping = true;
-                if changed.is_ok() {
-                    conn.as_mut().graceful_shutdown();
-                    watchdog.closing(Instant::now());
-                }
+                conn.as_mut().graceful_shutdown();
+                watchdog.closing(Instant::now());
             }
             _ = tick.tick() => match watchdog.check(Instant::now(), state.snapshot()) {
                 Verdict::Keep => {}
