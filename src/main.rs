@@ -7,6 +7,9 @@ use clap::Parser;
 use numgen::clock::{Clock, SystemClock};
 use numgen::config::{Cli, Command, Config, LogFormat, Settings};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
