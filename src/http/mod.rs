@@ -16,7 +16,7 @@ mod conn;
 pub mod error;
 mod numbers;
 pub mod ops;
-mod request;
+pub mod request;
 mod router;
 #[cfg(test)]
 mod tests;
