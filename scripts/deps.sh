@@ -132,3 +132,15 @@ ensure_ops_deps() {
   require kubernetes-validate
   require kustomize
 }
+
+# ensure_fuzz_deps: cargo-fuzz (scripts/fuzz.sh; libFuzzer itself is built from the
+# libfuzzer-sys crate, with the C++ compiler).
+ensure_fuzz_deps() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  command -v c++ >/dev/null 2>&1 || apt_install g++ || true
+  # 0.13.2 is the version scripts/fuzz.sh is written against.
+  command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz@0.13.2 --locked --quiet || true
+  hash -r
+  require c++
+  require cargo-fuzz
+}

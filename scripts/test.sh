@@ -20,7 +20,8 @@
 #      and one pass of the criterion benchmarks (they must build and run; no timing is
 #      judged here),
 #   5. the coverage report: the per-file table and the total; the run fails when line
-#      coverage is below COVERAGE_MIN (85) percent.
+#      coverage is below COVERAGE_MIN (85) percent,
+#   6. a smoke run of the parser fuzzers (scripts/fuzz.sh, seconds per target).
 # Every server it starts listens on 127.0.0.1 and is stopped by its PID. Under CI=true a
 # missing tool fails the run.
 set -euo pipefail
@@ -77,5 +78,8 @@ cargo bench --quiet --bench engine -- --test >/dev/null
 
 step "line coverage of cargo test (unit, in-process and the spawned binary); minimum ${COVERAGE_MIN}%"
 cargo llvm-cov report --release --fail-under-lines "$COVERAGE_MIN"
+
+step "fuzzing smoke run: each parser target for FUZZ_SMOKE_SECS (10) seconds (scripts/fuzz.sh)"
+FUZZ_SECS=${FUZZ_SMOKE_SECS:-10} scripts/fuzz.sh
 
 step "all tests passed"

@@ -404,7 +404,13 @@ pub async fn run(
         startup_ms = started.elapsed().as_millis() as u64,
         "listening"
     );
-    http::serve(listener, state, until(shutdown, &mut tasks)).await;
+    http::serve(
+        listener,
+        state,
+        config.max_connections,
+        until(shutdown, &mut tasks),
+    )
+    .await;
     tracing::info!("shutting down: requests drained");
     shut_down(parts, stop_tx, tasks, claim_rx).await
 }

@@ -165,7 +165,7 @@ fn integral(n: &serde_json::Number) -> Option<i128> {
 /// The request body as sent. Numeric fields are wide so that out-of-range values get a
 /// message of their own rather than a serde type error.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a JSON object")]
 struct RawConfig {
     format: Option<String>,
     #[serde(alias = "seqLength")]
@@ -179,6 +179,31 @@ struct RawConfig {
     strict: Option<bool>,
 }
 
+/// Why a body that does not start with `{` is not a config: what JSON it is instead, or
+/// why it is not JSON.
+fn not_an_object(body: &[u8]) -> String {
+    use serde_json::Value;
+    let kind = match serde_json::from_slice::<Value>(body) {
+        Err(e) => return syntax(&e),
+        Ok(Value::Array(_)) => "an array",
+        Ok(Value::String(_)) => "a string",
+        Ok(Value::Number(_)) => "a number",
+        Ok(Value::Bool(_)) => "a boolean",
+        Ok(Value::Null) => "null",
+        // Not reached: the caller checked that the body does not start with `{`.
+        Ok(Value::Object(_)) => "an object",
+    };
+    format!("invalid prefix config: the body must be a JSON object, not {kind}")
+}
+
+/// A JSON error for people: the body is one line, so only its column counts.
+fn syntax(e: &serde_json::Error) -> String {
+    format!(
+        "invalid prefix config: {}",
+        e.to_string().replace(" at line 1 column", " at column")
+    )
+}
+
 fn field(msg: impl Into<String>) -> PrefixError {
     PrefixError::Field(msg.into())
 }
@@ -186,12 +211,12 @@ fn field(msg: impl Into<String>) -> PrefixError {
 impl PrefixConfig {
     /// Parses and checks a request body; returns the config and its parsed template.
     pub fn from_request(body: &[u8]) -> Result<(PrefixConfig, Template), PrefixError> {
-        let raw: RawConfig = serde_json::from_slice(body).map_err(|e| {
-            field(format!(
-                "invalid prefix config: {}",
-                e.to_string().replace(" at line 1 column", " at column")
-            ))
-        })?;
+        // serde reads a struct from a JSON array too (its fields in order): only an object
+        // is a config.
+        if body.trim_ascii_start().first().is_some_and(|&b| b != b'{') {
+            return Err(field(not_an_object(body)));
+        }
+        let raw: RawConfig = serde_json::from_slice(body).map_err(|e| field(syntax(&e)))?;
         let RawConfig {
             format,
             seq_length,
@@ -447,6 +472,28 @@ mod tests {
             parse(r#"{"mode":"sequence"}"#),
             Err(PrefixError::MissingFormat)
         );
+        // Only an object is a config: serde would read an array as the fields in order.
+        let not_objects = [
+            (
+                r#"["A-{SEQ:4}",null,5,"sequence",null,null,true]"#,
+                "not an array",
+            ),
+            (r#" ["A-{SEQ:4}"]"#, "not an array"),
+            (r#""A-{SEQ:4}""#, "not a string"),
+            ("5", "not a number"),
+            ("true", "not a boolean"),
+            ("null", "not null"),
+            ("[1,", "EOF while parsing"),
+        ];
+        for (body, want) in not_objects {
+            match parse(body) {
+                Err(PrefixError::Field(msg)) => {
+                    assert!(msg.contains(want), "{body}: {msg}");
+                    assert!(!msg.contains("RawConfig"), "{body}: {msg}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
         assert_eq!(
             parse(r#"{"format":"INVALID"}"#).unwrap_err().to_string(),
             "Missing {SEQ} tag"

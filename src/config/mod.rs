@@ -71,6 +71,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Per client address (SPEC 7); `None`: no limit.
     pub rate_limit: Option<RateLimit>,
+    /// Open connections at most (SPEC 7).
+    pub max_connections: usize,
     pub layout: Layout,
 }
 
@@ -117,6 +119,7 @@ impl Settings {
             log_format,
             rate_limit_per_s,
             rate_limit_burst,
+            max_connections,
             layout,
         } = self;
         let layout = validate_layout(layout, now_ms)?;
@@ -136,6 +139,12 @@ impl Settings {
         let on_lease_loss = policy("on_lease_loss", on_lease_loss)?;
         let log_format = log_format_of(log_format)?;
         let rate_limit = rate_limit_of(rate_limit_per_s, rate_limit_burst)?;
+        let max_connections = within(
+            "max_connections",
+            max_connections.unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS as u64),
+            1,
+            1_000_000,
+        )? as usize;
         let admin_token = token(admin_token)?;
         let etcd = validate_etcd(
             EtcdArgs {
@@ -164,6 +173,7 @@ impl Settings {
             on_lease_loss,
             log_format,
             rate_limit,
+            max_connections,
             layout,
         })
     }
@@ -434,6 +444,7 @@ mod tests {
         );
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.rate_limit, None);
+        assert_eq!(c.max_connections, 10_000);
         assert!(c.etcd.is_none());
         assert_eq!(c.layout.settings(), &LayoutSettings::default());
     }
@@ -476,6 +487,7 @@ mod tests {
                 "rate_limit_burst",
             ),
             ("rate_limit_burst = 5", "rate_limit_burst"),
+            ("max_connections = 0", "max_connections"),
             ("admin_token = \"\"", "admin_token"),
             (
                 "etcd_endpoints = [\"http://127.0.0.1:2379\"]",

@@ -112,6 +112,9 @@ pub struct Settings {
     /// Requests a client address may send at once (needs rate_limit_per_s) [default: rate_limit_per_s].
     #[arg(long, env = "NUMGEN_RATE_LIMIT_BURST")]
     pub rate_limit_burst: Option<u64>,
+    /// Open connections at most; beyond it new ones wait in the listen backlog [default: 10000].
+    #[arg(long, env = "NUMGEN_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
     #[command(flatten)]
     #[serde(default)]
     pub layout: LayoutArgs,
@@ -184,6 +187,7 @@ impl Settings {
             log_format,
             rate_limit_per_s,
             rate_limit_burst,
+            max_connections,
             layout,
         } = self;
         let LayoutArgs {
@@ -217,6 +221,7 @@ impl Settings {
             log_format: log_format.or(lower.log_format),
             rate_limit_per_s: rate_limit_per_s.or(lower.rate_limit_per_s),
             rate_limit_burst: rate_limit_burst.or(lower.rate_limit_burst),
+            max_connections: max_connections.or(lower.max_connections),
             layout: LayoutArgs {
                 epoch: epoch.or(lower.layout.epoch),
                 time_unit_ms: time_unit_ms.or(lower.layout.time_unit_ms),

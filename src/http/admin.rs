@@ -122,7 +122,7 @@ pub async fn handle(
             .collect();
         return Ok(json_response(StatusCode::OK, &json!({ "prefixes": list })));
     };
-    let key = checked_key(raw)?;
+    let key = checked_key(raw, false)?;
     let m = &parts.method;
     let answer = if *m == Method::GET || *m == Method::HEAD {
         let (config, revision) = service.config(&key).await?;
@@ -152,7 +152,7 @@ pub async fn history(
     param: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&auth.token, parts, peer)?;
-    let key = checked_key(param.unwrap_or_default())?;
+    let key = checked_key(param.unwrap_or_default(), false)?;
     let records = service.history(&key).await?;
     let list: Vec<_> = records.iter().map(|r| r.to_json()).collect();
     let body = json!({ "prefix_key": key, "history": list });

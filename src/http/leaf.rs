@@ -43,7 +43,7 @@ pub async fn handle(
     mode: Mode,
     param: Option<&str>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = checked_key(param.unwrap_or_default())?;
+    let key = checked_key(param.unwrap_or_default(), false)?;
     let found = service.mode_of(&key).await?;
     if found != mode {
         return Err(ApiError::WrongLeafRoute {

@@ -1,6 +1,8 @@
 //! The HTTP boundary: an accept loop on plain hyper 1.x (HTTP/1.1 and h2c), handlers with
 //! no business logic, and one error type. Connections drain on shutdown.
 //!
+//! - `conn`: one connection's life under SPEC 7's limits: admission against its byte
+//!   budget (`budget`), the idle and stall watchdog, graceful close.
 //! - [`router`]: path and method to a route, metrics per route, errors into responses.
 //! - `request`: path parameters, query, percent-decoding, `Accept`, the bounded body.
 //! - `numbers`: the numbers route, rendered straight into the response buffer.
@@ -13,13 +15,15 @@
 //! - [`error`]: [`error::ApiError`] and its one match to status and code (SPEC 3.5).
 
 mod admin;
+mod budget;
+mod conn;
 pub mod error;
 mod leaf;
 mod numbers;
 pub mod openapi;
 pub mod ops;
 pub mod rate_limit;
-mod request;
+pub mod request;
 mod router;
 pub mod status;
 #[cfg(test)]
@@ -27,16 +31,15 @@ mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
 
 pub use admin::fingerprint;
 pub use router::HttpState;
@@ -44,10 +47,24 @@ pub use router::HttpState;
 /// Every response numgen sends: a complete body.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// How long a client may take to send its request headers.
+/// How long a client may take to send its request headers; also how long a connection may
+/// stay silent (SPEC 7).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `max_connections`: open connections; beyond it new ones wait in the backlog.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Concurrent streams per HTTP/2 connection. Each may hold one unsent chunk in h2's
+/// queue, so this times [`budget::CHUNK`] (1 MiB) bounds that part of a connection.
+pub const MAX_STREAMS: u32 = 64;
+/// HTTP/2 pings: sent after this much silence from the peer ...
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// ... and the connection is closed when the answer takes longer than this.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one WARN about failing `accept` calls, or about the connection cap, per this.
+const ACCEPT_WARN_EVERY: Duration = Duration::from_secs(10);
+/// How long the accept loop backs off after a failed `accept` (out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The connection builder numgen serves with; the benchmark's reference server uses the
 /// same one so that the two differ only in what a request does.
@@ -57,50 +74,88 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    b.http2().timer(TokioTimer::new());
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // What h2 queues per stream beyond what the peer's window lets out: one chunk.
+        .max_send_buf_size(budget::CHUNK)
+        // Request bodies are at most 16 KiB: a small receive window bounds what a client
+        // can make the connection buffer of bodies nobody reads.
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(256 * 1024)
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT);
     b
 }
 
-/// Serves `listener` until `shutdown` resolves, then stops accepting and waits (bounded)
-/// for in-flight requests to finish.
+/// Serves `listener` until `shutdown` resolves, with at most `max_connections` open at
+/// once (beyond that, new connections wait in the listen backlog); then stops accepting
+/// and waits (bounded) for in-flight requests to finish.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = builder();
-    let graceful = GracefulShutdown::new();
+    let max = max_connections.clamp(1, u32::MAX as usize);
+    let slots = Arc::new(Semaphore::new(max));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_warn = conn::Throttled::new(ACCEPT_WARN_EVERY);
+    let mut full_warn = conn::Throttled::new(ACCEPT_WARN_EVERY);
     tokio::pin!(shutdown);
     loop {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if let Some(held_back) = full_warn.admit(Instant::now()) {
+                    tracing::warn!(
+                        max_connections = max,
+                        held_back,
+                        "connection limit reached; new connections wait in the backlog"
+                    );
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        if let Some(held_back) = accept_warn.admit(Instant::now()) {
+                            tracing::warn!(error = %e, held_back, "accept failed");
+                        }
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
                 let open = OpenConnection::new(state.connections());
-                let state = state.clone();
-                let svc = service_fn(move |req| router::call(&state, req, peer));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
+                let counters = Arc::new(budget::ConnState::default());
+                let svc = conn::Limited::new(state.clone(), counters.clone(), peer);
+                let served = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let stop = stop_rx.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    }
+                    conn::drive(served, counters, peer, stop, slot).await;
                 });
             }
             () = &mut shutdown => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let _ = stop_tx.send(true);
+    // Every connection gives its slot back when it ends.
+    let all_closed = slots.acquire_many(max as u32);
+    if tokio::time::timeout(DRAIN_TIMEOUT, all_closed)
         .await
         .is_err()
     {

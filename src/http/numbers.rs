@@ -6,14 +6,19 @@ use http::request::Parts;
 use http::{HeaderValue, StatusCode, header};
 
 use super::error::ApiError;
-use super::request::{checked_key, query_param, wants_text};
+use super::request::{checked_key, decimal, query_param, query_raw, wants_text};
 use super::{HttpResponse, respond};
 use crate::format::{RenderCtx, Template};
-use crate::prefix::valid_key;
 use crate::service::{Pending, Service, Sink};
 
 /// Largest `count` of a batch.
 pub const MAX_COUNT: u64 = 10_000;
+
+/// The bytes reserved for the body of `count` numbers (a JSON object each, at most about
+/// 96 bytes for common templates); the connection's budget counts it before they exist.
+pub fn body_capacity(count: u64) -> usize {
+    (count.min(MAX_COUNT) as usize) * 96 + 16
+}
 
 /// A numbers response body, written as the numbers are issued.
 struct NumbersBody {
@@ -27,8 +32,7 @@ struct NumbersBody {
 
 impl NumbersBody {
     fn new(count: Option<u64>, text: bool) -> NumbersBody {
-        let n = count.unwrap_or(1) as usize;
-        let mut buf = Vec::with_capacity(n * 96 + 16);
+        let mut buf = Vec::with_capacity(body_capacity(count.unwrap_or(1)));
         if count.is_some() && !text {
             buf.extend_from_slice(b"{\"numbers\":[");
         }
@@ -108,22 +112,19 @@ impl PendingNumbers {
 /// segment, absent on `/numbers?prefixKey=KEY`.
 pub fn begin(service: &Service, parts: &Parts, param: Option<&str>) -> Result<Begun, ApiError> {
     let query = parts.uri.query();
-    let key = match param {
-        Some(raw) => checked_key(raw)?,
-        None => match query_param(query, "prefixKey") {
-            Some(Some(k)) if valid_key(&k) => k,
-            Some(Some(k)) => return Err(ApiError::InvalidPrefixKey(k.into_owned())),
-            _ => {
-                return Err(ApiError::InvalidPrefixKey(
-                    "(missing: use /numbers/{key} or ?prefixKey=KEY)".into(),
-                ));
-            }
-        },
+    let key = match (param, query_raw(query, "prefixKey")) {
+        (Some(raw), _) => checked_key(raw, false)?,
+        (None, Some(raw)) => checked_key(raw, true)?,
+        (None, None) => {
+            return Err(ApiError::InvalidPrefixKey(
+                "(missing: use /numbers/{key} or ?prefixKey=KEY)".into(),
+            ));
+        }
     };
     let count = match query_param(query, "count") {
         None => None,
         Some(v) => Some(
-            v.and_then(|v| v.parse::<u64>().ok())
+            v.and_then(|v| decimal(&v))
                 .filter(|n| (1..=MAX_COUNT).contains(n))
                 .ok_or(ApiError::InvalidCount)?,
         ),

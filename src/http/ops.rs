@@ -5,6 +5,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::request::shown;
 use super::{HttpResponse, json_response, respond};
 use crate::cluster::ClusterView;
 use crate::id::{Decoded, Layout};
@@ -32,15 +33,12 @@ pub fn decoded_json(d: &Decoded) -> serde_json::Value {
 
 /// `GET /ids/{id}`
 pub fn decode(layout: &Layout, raw: &str) -> Result<HttpResponse, ApiError> {
-    let decoded = raw
-        .parse::<u64>()
-        .ok()
-        .and_then(|id| crate::id::describe(layout, id))
-        .ok_or_else(|| {
-            ApiError::InvalidConfig(format!(
-                "id '{raw}' must be a decimal integer from 0 to 9223372036854775807"
-            ))
-        })?;
+    let decoded = crate::id::describe_text(layout, raw).ok_or_else(|| {
+        ApiError::InvalidConfig(format!(
+            "id '{}' must be a decimal integer from 0 to 9223372036854775807",
+            shown(raw)
+        ))
+    })?;
     Ok(json_response(StatusCode::OK, &decoded_json(&decoded)))
 }
 
@@ -124,7 +122,7 @@ mod tests {
     #[test]
     fn ids_outside_the_layout_are_invalid_config() {
         let l = Layout::from_widths(LayoutSettings::default()).unwrap();
-        for bad in ["-1", "x", "", &u64::MAX.to_string()] {
+        for bad in ["-1", "+5", "x", "", &u64::MAX.to_string()] {
             let e = decode(&l, bad).unwrap_err();
             assert_eq!(e.code(), "INVALID_CONFIG", "{bad}");
         }

@@ -1,12 +1,14 @@
 //! Reading a request: path parameters and query values (percent-decoded), the prefix key
-//! check, `Accept` negotiation, and the body, bounded at [`MAX_BODY`] however it is framed.
+//! check, `Accept` negotiation, and the body, bounded at [`MAX_BODY`] however it is framed
+//! and in time ([`BODY_READ_TIMEOUT`]). What a request puts in a log line or echoes in an
+//! error is cut to [`LOGGED_PATH`] bytes ([`logged_path`], [`shown`]).
 
 use std::borrow::Cow;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 
 use super::error::ApiError;
 use crate::prefix::valid_key;
@@ -15,8 +17,12 @@ use crate::prefix::valid_key;
 pub const MAX_BODY: usize = 16 * 1024;
 
 /// How much of a request path goes into a log line (SPEC 7: what an unauthenticated
-/// request puts in the log is bounded).
-const LOGGED_PATH: usize = 256;
+/// request puts in the log is bounded), or of any request data into an error message.
+pub const LOGGED_PATH: usize = 256;
+
+/// How long a client may take to send a request body once its headers are in (SPEC 7: a
+/// connection that stops mid-request is closed after the header-read timeout).
+pub const BODY_READ_TIMEOUT: Duration = super::HEADER_READ_TIMEOUT;
 
 /// The declared `Content-Length`, when there is a valid one.
 pub fn content_length(headers: &HeaderMap) -> Option<u64> {
@@ -43,6 +49,17 @@ pub fn logged_path(path: &str) -> &str {
         end -= 1;
     }
     &path[..end]
+}
+
+/// Request data for an error message: at most [`LOGGED_PATH`] bytes, marked with `…` when
+/// cut, so that an error never echoes more than that of what the client sent.
+pub fn shown(data: &str) -> String {
+    let cut = logged_path(data);
+    if cut.len() == data.len() {
+        data.to_string()
+    } else {
+        format!("{cut}…")
+    }
 }
 
 /// Decodes `%XX` escapes (and, in a query, `+` as a space); `None` when an escape is
@@ -74,22 +91,37 @@ pub fn percent_decode(s: &str, query: bool) -> Option<Cow<'_, str>> {
     String::from_utf8(out).ok().map(Cow::Owned)
 }
 
+/// The raw (still percent-encoded) first value of query parameter `name`, `None` when
+/// absent.
+pub fn query_raw<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// The first value of query parameter `name`: `None` when absent, `Some(None)` when its
 /// value does not decode.
 pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Option<Cow<'a, str>>> {
-    query?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| percent_decode(v, true))
+    query_raw(query, name).map(|v| percent_decode(v, true))
 }
 
-/// A prefix key from a path segment: decoded and checked against the key pattern.
-pub fn checked_key(raw: &str) -> Result<Cow<'_, str>, ApiError> {
-    match percent_decode(raw, false) {
+/// A decimal number of digits only: no sign, no spaces (`str::parse` takes a leading `+`).
+pub fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A prefix key from a path segment or query value: decoded (`query`: `+` is a space) and
+/// checked against the key pattern; the error shows what was sent, cut short.
+pub fn checked_key(raw: &str, query: bool) -> Result<Cow<'_, str>, ApiError> {
+    match percent_decode(raw, query) {
         Some(k) if valid_key(&k) => Ok(k),
-        Some(k) => Err(ApiError::InvalidPrefixKey(k.into_owned())),
-        None => Err(ApiError::InvalidPrefixKey(raw.to_string())),
+        Some(k) => Err(ApiError::InvalidPrefixKey(shown(&k))),
+        None => Err(ApiError::InvalidPrefixKey(shown(raw))),
     }
 }
 
@@ -115,13 +147,24 @@ pub fn wants_text(headers: &HeaderMap) -> bool {
     text > json
 }
 
-/// The whole body, or `BODY_TOO_LARGE` once it passes [`MAX_BODY`] (also when chunked).
-pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge),
-        Err(e) => Err(ApiError::InvalidConfig(format!(
+/// The whole body, or `BODY_TOO_LARGE` once it passes [`MAX_BODY`] (also when chunked);
+/// a body whose framing is broken (a bad chunk size, a connection closed mid-body) or that
+/// does not arrive within [`BODY_READ_TIMEOUT`] is `INVALID_CONFIG`, a 400.
+pub async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, MAX_BODY).collect());
+    match collected.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::BodyTooLarge),
+        Ok(Err(e)) => Err(ApiError::InvalidConfig(format!(
             "could not read the request body: {e}"
+        ))),
+        Err(_) => Err(ApiError::InvalidConfig(format!(
+            "the request body did not arrive within {} s",
+            BODY_READ_TIMEOUT.as_secs()
         ))),
     }
 }
@@ -154,15 +197,49 @@ mod tests {
 
     #[test]
     fn keys_are_decoded_then_checked() {
-        assert_eq!(checked_key("ORD%2D1").as_deref(), Ok("ORD-1"));
+        assert_eq!(checked_key("ORD%2D1", false).as_deref(), Ok("ORD-1"));
         assert_eq!(
-            checked_key("A%20B"),
+            checked_key("A%20B", false),
             Err(ApiError::InvalidPrefixKey("A B".into()))
         );
         assert_eq!(
-            checked_key("%zz"),
+            checked_key("A+B", true),
+            Err(ApiError::InvalidPrefixKey("A B".into()))
+        );
+        assert_eq!(
+            checked_key("%zz", false),
             Err(ApiError::InvalidPrefixKey("%zz".into()))
         );
+        // Present but not UTF-8: invalid, and named as sent.
+        assert_eq!(
+            checked_key("%ff", true),
+            Err(ApiError::InvalidPrefixKey("%ff".into()))
+        );
+        let long = "A".repeat(1000);
+        let Err(ApiError::InvalidPrefixKey(shown_key)) = checked_key(&long, false) else {
+            panic!("a 1000-byte key is invalid");
+        };
+        assert_eq!(shown_key, format!("{}…", &long[..LOGGED_PATH]));
+    }
+
+    #[test]
+    fn decimals_are_digits_only() {
+        assert_eq!(decimal("0"), Some(0));
+        assert_eq!(decimal("18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5 ",
+            "0x5",
+            "18446744073709551616",
+            "５",
+        ] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+        assert_eq!(query_raw(Some("a&prefixKey=%ff"), "prefixKey"), Some("%ff"));
+        assert_eq!(query_raw(Some("prefixKeys=1"), "prefixKey"), None);
     }
 
     #[test]

@@ -13,14 +13,14 @@ use std::time::Instant;
 
 use http::request::Parts;
 use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use prometheus::{Histogram, IntCounter};
 
 use super::admin::AdminAuth;
 use super::error::ApiError;
 use super::numbers::{self, Begun};
 use super::rate_limit::RateLimiter;
-use super::request::declared_too_large;
+use super::request::{declared_too_large, read_body, shown};
 use super::{HttpResponse, admin, leaf, openapi, ops, status};
 use crate::cluster::ClusterView;
 use crate::prefix::Mode;
@@ -308,10 +308,7 @@ pub fn call(state: &Arc<HttpState>, req: Request<Incoming>, peer: SocketAddr) ->
         let refused = Err(ApiError::RateLimited { retry_after });
         return Reply::Ready(Some(state.finish(request, refused, started)));
     }
-    if route == RouteId::Numbers
-        && route.allows(&parts.method)
-        && !declared_too_large(&parts.headers)
-    {
+    if route == RouteId::Numbers && route.allows(&parts.method) && body.is_end_stream() {
         let begun = numbers::begin(&state.service, &parts, param);
         let request = (route, &parts.method, Some(parts.uri.path()));
         return match begun {
@@ -351,17 +348,23 @@ async fn dispatch(
     }
     if !route.allows(&parts.method) {
         return Err(ApiError::MethodNotAllowed {
-            method: parts.method.to_string(),
+            method: shown(parts.method.as_str()),
             allow: route.allowed(),
         });
     }
     let service = &state.service;
     match route {
-        // Normally answered by `call` without this detour.
-        RouteId::Numbers => match numbers::begin(service, parts, param)? {
-            Begun::Done(resp) => Ok(resp),
-            Begun::Later(pending) => pending.finish(service).await,
-        },
+        // Normally answered by `call` without this detour; here when the request has a
+        // body, which is read (bounded, its framing checked) and ignored.
+        RouteId::Numbers => {
+            if !body.is_end_stream() {
+                read_body(body).await?;
+            }
+            match numbers::begin(service, parts, param)? {
+                Begun::Done(resp) => Ok(resp),
+                Begun::Later(pending) => pending.finish(service).await,
+            }
+        }
         RouteId::PrefixConfig | RouteId::PrefixConfigs => {
             // Boxed, like the other rare routes: the request future keeps the size of the
             // numbers route.
@@ -386,8 +389,8 @@ async fn dispatch(
         }
         RouteId::Unmatched => Err(ApiError::NotFound(format!(
             "no route for {} {}",
-            parts.method,
-            parts.uri.path()
+            shown(parts.method.as_str()),
+            shown(parts.uri.path())
         ))),
     }
 }

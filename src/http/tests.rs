@@ -95,7 +95,7 @@ async fn start_with_service(
     });
     let state = Arc::new(HttpState::new(service.clone(), TOKEN.into(), cluster));
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async {
+    let server = tokio::spawn(serve(listener, state, 100, async {
         let _ = stopped.await;
     }));
     (addr, stop, server, service)

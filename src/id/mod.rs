@@ -32,9 +32,39 @@ pub fn describe(layout: &Layout, id: u64) -> Option<Decoded> {
     })
 }
 
+/// An ID as text (`/ids/{id}`, `numgen decode`) taken apart: decimal digits only (no sign,
+/// no spaces), below 2^63; `None` otherwise.
+pub fn describe_text(layout: &Layout, text: &str) -> Option<Decoded> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    describe(layout, text.parse().ok()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_as_text_are_digits_only() {
+        let l = Layout::from_widths(LayoutSettings::default()).unwrap();
+        assert_eq!(describe_text(&l, "5").map(|d| d.id), Some(5));
+        assert_eq!(
+            describe_text(&l, "9223372036854775807").map(|d| d.id),
+            Some(i64::MAX as u64)
+        );
+        for bad in [
+            "",
+            "+5",
+            "-5",
+            " 5",
+            "5\n",
+            "9223372036854775808",
+            "99999999999999999999",
+        ] {
+            assert_eq!(describe_text(&l, bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn describe_shows_every_field() {

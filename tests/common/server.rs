@@ -34,6 +34,8 @@ pub struct ServerOpts {
     pub admin_token: Option<String>,
     /// Start without `--admin-token`, so that the server generates one into its data dir.
     pub no_admin_token: bool,
+    /// Run under this file-descriptor limit (`prlimit --nofile`), to run it out of them.
+    pub nofile: Option<u64>,
 }
 
 impl ServerOpts {
@@ -59,6 +61,11 @@ impl ServerOpts {
 
     pub fn no_admin_token(mut self) -> Self {
         self.no_admin_token = true;
+        self
+    }
+
+    pub fn nofile(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
         self
     }
 }
@@ -183,7 +190,17 @@ impl Server {
 
     /// Runs the binary and waits for its `listening` line.
     fn spawn(&mut self) -> Result<(), StartError> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_numgen"));
+        // prlimit sets the limit and execs numgen: the child's PID stays numgen's.
+        let mut cmd = match self.opts.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_numgen"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_numgen")),
+        };
         cmd.arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
