@@ -217,7 +217,7 @@ async fn the_watch_hands_every_change_to_its_sink() {
     let sink = Arc::new(Recorder::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(watch_prefixes(
-        store.client(),
+        store.members().clone(),
         keys.clone(),
         sink.clone(),
         Duration::from_secs(2),

@@ -19,18 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 
 use super::registry::{Identity, NodeRegistry};
 use super::sleep_or_stop;
 use crate::clock::Clock;
 use crate::node::Node;
-use crate::store::etcd::{Keys, parse_u64, unavailable};
-use crate::store::{StoreError, bounded};
+use crate::store::StoreError;
+use crate::store::etcd::{Failure, Keys, Members, parse_u64};
 use crate::timing;
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
@@ -50,7 +47,7 @@ pub struct ClusterSettings {
 /// This node's worker-ID source in etcd: its lease, its claim and the claimed ID's high
 /// timestamp. Its entry in the node registry ([`NodeRegistry`]) is the worker key's value.
 pub struct EtcdCluster {
-    client: Client,
+    members: Members,
     keys: Keys,
     dc: u64,
     max_worker: u64,
@@ -60,16 +57,23 @@ pub struct EtcdCluster {
 }
 
 impl EtcdCluster {
-    pub fn new(client: Client, settings: ClusterSettings, clock: Arc<dyn Clock>) -> EtcdCluster {
+    /// A worker-ID source on `members` (or on one client, for tests and tools).
+    pub fn new(
+        members: impl Into<Members>,
+        settings: ClusterSettings,
+        clock: Arc<dyn Clock>,
+    ) -> EtcdCluster {
+        let members = members.into();
         let keys = Keys::new(&settings.root);
         let me = Identity {
             node_id: settings.node_id,
             dc: settings.dc,
             addr: settings.addr,
         };
-        let registry = NodeRegistry::new(client.clone(), keys.clone(), me, clock, settings.timeout);
+        let registry =
+            NodeRegistry::new(members.clone(), keys.clone(), me, clock, settings.timeout);
         EtcdCluster {
-            client,
+            members,
             keys,
             dc: settings.dc,
             max_worker: settings.max_worker,
@@ -79,8 +83,14 @@ impl EtcdCluster {
         }
     }
 
+    /// The preferred member's client (calls on it stay on it).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.members.client()
+    }
+
+    /// The etcd members every call of this source goes to.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     pub fn keys(&self) -> &Keys {
@@ -98,14 +108,6 @@ impl EtcdCluster {
         Compare::lease(key, CompareOp::Equal, claim.lease)
     }
 
-    /// Runs one etcd call under the deadline.
-    async fn call<T>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        bounded(self.timeout, async { f.await.map_err(unavailable) }).await
-    }
-
     /// Puts `value` at `key` only while our lease still holds the worker key.
     async fn guarded_put(
         &self,
@@ -118,8 +120,15 @@ impl EtcdCluster {
         let txn = Txn::new()
             .when([self.held(claim)])
             .and_then([TxnOp::put(key, value, put)]);
-        let mut client = self.client.clone();
-        if self.call(client.txn(txn)).await?.succeeded() {
+        // The same value again, guarded on the lease: sending it twice is harmless.
+        let written = self
+            .members
+            .call(self.timeout, |mut c, _| {
+                let txn = txn.clone();
+                async move { Ok(c.txn(txn).await?.succeeded()) }
+            })
+            .await?;
+        if written {
             Ok(())
         } else {
             Err(WorkerError::NotHeld(claim.worker))
@@ -134,8 +143,22 @@ impl EtcdCluster {
     }
 
     async fn revoke(&self, lease: i64) {
-        let mut client = self.client.clone();
-        if let Err(e) = self.call(client.lease_revoke(lease)).await {
+        let revoked = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                match c.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    // A retry after a revoke that committed without an answer.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("requested lease not found") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await;
+        if let Err(e) = revoked {
             tracing::warn!(error = %e, "could not revoke the lease; it expires on its own");
         }
     }
@@ -143,41 +166,66 @@ impl EtcdCluster {
     /// Claims the lowest free worker ID of the datacenter with `lease`; `None` when all are
     /// taken. The claim and the read of the ID's high timestamp are one transaction.
     async fn claim_lowest_free(&self, lease: i64) -> Result<Option<WorkerClaim>, StoreError> {
-        let mut client = self.client.clone();
-        bounded(self.timeout, async {
-            let of_dc = self.keys.workers_of(self.dc);
-            let opts = GetOptions::new().with_prefix().with_keys_only();
-            let listed = client.get(of_dc, Some(opts)).await.map_err(unavailable)?;
-            let taken: HashSet<u64> = listed
-                .kvs()
-                .iter()
-                .filter_map(|kv| self.keys.worker_id(self.dc, kv.key_str().ok()?))
-                .collect();
-            for w in (0..=self.max_worker).filter(|w| !taken.contains(w)) {
-                let (wk, hk) = (self.keys.worker(self.dc, w), self.keys.hwm(self.dc, w));
-                let claim = PutOptions::new().with_lease(lease);
-                let txn = Txn::new()
-                    .when([Compare::create_revision(wk.as_str(), CompareOp::Equal, 0)])
-                    .and_then([
-                        TxnOp::put(wk, self.registry.entry(w), Some(claim)),
-                        TxnOp::get(hk.as_str(), None),
-                    ]);
-                let resp = client.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    // An unreadable mark leaves this ID's floor unknown: refuse it (the
-                    // caller revokes the lease, which frees the key again).
-                    let hwm_ms = stored_hwm(&hk, resp.op_responses().get(1))?.map(|(ms, _)| ms);
-                    return Ok(Some(WorkerClaim {
-                        dc: self.dc,
-                        worker: w,
-                        hwm_ms,
-                        lease,
-                    }));
-                }
+        self.members
+            .call(self.timeout, |c, _| self.try_claim(c, lease))
+            .await
+    }
+
+    /// One attempt of [`Self::claim_lowest_free`]. A key already carrying `lease` is ours,
+    /// claimed by an earlier attempt whose answer was lost: it is taken as the claim (its
+    /// mark read now) rather than holding a second ID with the same lease.
+    async fn try_claim(
+        &self,
+        mut client: Client,
+        lease: i64,
+    ) -> Result<Option<WorkerClaim>, Failure> {
+        let of_dc = self.keys.workers_of(self.dc);
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let listed = client.get(of_dc, Some(opts)).await?;
+        let mut taken = HashSet::new();
+        for kv in listed.kvs() {
+            let Some(w) = self
+                .keys
+                .worker_id(self.dc, kv.key_str().unwrap_or_default())
+            else {
+                continue;
+            };
+            if kv.lease() == lease {
+                let hk = self.keys.hwm(self.dc, w);
+                let mark = client.txn(Txn::new().and_then([TxnOp::get(hk.as_str(), None)]));
+                let resp = mark.await?;
+                let hwm_ms = stored_hwm(&hk, resp.op_responses().first())?.map(|(ms, _)| ms);
+                return Ok(Some(self.claim_of(w, hwm_ms, lease)));
             }
-            Ok(None)
-        })
-        .await
+            taken.insert(w);
+        }
+        for w in (0..=self.max_worker).filter(|w| !taken.contains(w)) {
+            let (wk, hk) = (self.keys.worker(self.dc, w), self.keys.hwm(self.dc, w));
+            let claim = PutOptions::new().with_lease(lease);
+            let txn = Txn::new()
+                .when([Compare::create_revision(wk.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(wk, self.registry.entry(w), Some(claim)),
+                    TxnOp::get(hk.as_str(), None),
+                ]);
+            let resp = client.txn(txn).await?;
+            if resp.succeeded() {
+                // An unreadable mark leaves this ID's floor unknown: refuse it (the
+                // caller revokes the lease, which frees the key again).
+                let hwm_ms = stored_hwm(&hk, resp.op_responses().get(1))?.map(|(ms, _)| ms);
+                return Ok(Some(self.claim_of(w, hwm_ms, lease)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn claim_of(&self, worker: u64, hwm_ms: Option<u64>, lease: i64) -> WorkerClaim {
+        WorkerClaim {
+            dc: self.dc,
+            worker,
+            hwm_ms,
+            lease,
+        }
     }
 
     /// Raises the claim's high timestamp to `unix_ms` (see [`WorkerSource::reserve`]);
@@ -185,51 +233,54 @@ impl EtcdCluster {
     async fn raise_hwm(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<bool, StoreError> {
         let wk = self.keys.worker(claim.dc, claim.worker);
         let hk = self.keys.hwm(claim.dc, claim.worker);
-        let mut client = self.client.clone();
-        bounded(self.timeout, async {
-            // Read the mark only while the claim holds: a mark already high enough may have
-            // been written by the ID's next owner, and is no reservation of ours.
-            let read = Txn::new()
-                .when([self.held(claim)])
-                .and_then([TxnOp::get(hk.as_str(), None)]);
-            let resp = client.txn(read).await.map_err(unavailable)?;
-            if !resp.succeeded() {
-                return Ok(false);
-            }
-            let mut seen = stored_hwm(&hk, resp.op_responses().first())?;
-            loop {
-                let revision = match seen {
-                    Some((stored, _)) if stored >= unix_ms => return Ok(true),
-                    Some((_, revision)) => revision,
-                    None => 0,
-                };
-                let txn = Txn::new()
-                    .when([
-                        self.held(claim),
-                        Compare::mod_revision(hk.as_str(), CompareOp::Equal, revision),
-                    ])
-                    .and_then([TxnOp::put(hk.as_str(), unix_ms.to_string(), None)])
-                    .or_else([TxnOp::get(wk.as_str(), None), TxnOp::get(hk.as_str(), None)]);
-                let resp = client.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    return Ok(true);
-                }
-                // Both keys as of the failed compare: which of the two conditions broke?
-                let ops = resp.op_responses();
-                let ours = match ops.first() {
-                    Some(TxnOpResponse::Get(g)) => {
-                        g.kvs().first().is_some_and(|kv| kv.lease() == claim.lease)
-                    }
-                    _ => false,
-                };
-                if !ours {
+        let (wk, hk) = (wk.as_str(), hk.as_str());
+        // Every write is guarded on the mark as read and on the claim: sending one again to
+        // another member after it may have committed cannot lower or double anything.
+        self.members
+            .call(self.timeout, |mut client, _| async move {
+                // Read the mark only while the claim holds: a mark already high enough may have
+                // been written by the ID's next owner, and is no reservation of ours.
+                let read = Txn::new()
+                    .when([self.held(claim)])
+                    .and_then([TxnOp::get(hk, None)]);
+                let resp = client.txn(read).await?;
+                if !resp.succeeded() {
                     return Ok(false);
                 }
-                // The mark moved since it was read: read it again (from this answer).
-                seen = stored_hwm(&hk, ops.get(1))?;
-            }
-        })
-        .await
+                let mut seen = stored_hwm(hk, resp.op_responses().first())?;
+                loop {
+                    let revision = match seen {
+                        Some((stored, _)) if stored >= unix_ms => return Ok(true),
+                        Some((_, revision)) => revision,
+                        None => 0,
+                    };
+                    let txn = Txn::new()
+                        .when([
+                            self.held(claim),
+                            Compare::mod_revision(hk, CompareOp::Equal, revision),
+                        ])
+                        .and_then([TxnOp::put(hk, unix_ms.to_string(), None)])
+                        .or_else([TxnOp::get(wk, None), TxnOp::get(hk, None)]);
+                    let resp = client.txn(txn).await?;
+                    if resp.succeeded() {
+                        return Ok(true);
+                    }
+                    // Both keys as of the failed compare: which of the two conditions broke?
+                    let ops = resp.op_responses();
+                    let ours = match ops.first() {
+                        Some(TxnOpResponse::Get(g)) => {
+                            g.kvs().first().is_some_and(|kv| kv.lease() == claim.lease)
+                        }
+                        _ => false,
+                    };
+                    if !ours {
+                        return Ok(false);
+                    }
+                    // The mark moved since it was read: read it again (from this answer).
+                    seen = stored_hwm(hk, ops.get(1))?;
+                }
+            })
+            .await
     }
 }
 
@@ -252,8 +303,13 @@ fn stored_hwm(key: &str, resp: Option<&TxnOpResponse>) -> Result<Option<(u64, i6
 impl WorkerSource for EtcdCluster {
     async fn acquire(&self) -> Result<WorkerClaim, WorkerError> {
         let ttl = self.lease_ttl_s as i64;
-        let mut client = self.client.clone();
-        let lease = self.call(client.lease_grant(ttl, None)).await?.id();
+        // A grant sent twice leaves a lease holding nothing, which expires on its own.
+        let lease = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                Ok(c.lease_grant(ttl, None).await?.id())
+            })
+            .await?;
         let refused = match self.claim_lowest_free(lease).await {
             Ok(Some(claim)) => return Ok(claim),
             Ok(None) => WorkerError::AllTaken(self.max_worker + 1, self.dc),
@@ -348,34 +404,25 @@ pub async fn run_lease(
     }
 }
 
-/// One renewal: the lease's remaining TTL (0: it has expired). Opens the keep-alive stream
-/// when there is none.
-async fn renew(
-    cluster: &EtcdCluster,
-    session: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    lease: i64,
-) -> Result<i64, etcd_client::Error> {
-    if session.is_none() {
-        let mut client = cluster.client.clone();
-        match client.lease_keep_alive(lease).await {
-            Ok(s) => *session = Some(s),
-            // etcd-client reports a lease with TTL 0 this way: it has expired.
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
-                return Ok(0);
+/// One renewal, on a member that answers: `true` while the lease lives, `false` once it has
+/// expired. Each renewal opens a keep-alive stream of its own (etcd-client's opening of it
+/// is the renewal: it sends one request and checks the answer's TTL), so a member that
+/// stops answering holds a renewal for one attempt's deadline and the next attempt goes to
+/// another member. A renewal sent twice is harmless.
+async fn renew(cluster: &EtcdCluster, lease: i64, limit: Duration) -> Result<bool, StoreError> {
+    cluster
+        .members
+        .call(limit, |mut c, _| async move {
+            match c.lease_keep_alive(lease).await {
+                Ok(_) => Ok(true),
+                // etcd-client reports a lease with TTL 0 this way: it has expired.
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((keeper, stream)) = session.as_mut() else {
-        return Err(etcd_client::Error::LeaseKeepAliveError("no session".into()));
-    };
-    keeper.keep_alive().await?;
-    match stream.message().await? {
-        Some(resp) => Ok(resp.ttl()),
-        None => Err(etcd_client::Error::LeaseKeepAliveError(
-            "stream ended".into(),
-        )),
-    }
+        })
+        .await
 }
 
 /// Renews `claim`'s lease until `stop` or until the lease is gone; fences the node while
@@ -391,7 +438,9 @@ async fn keep_alive(
     let fence_after = timing::fence_after(ttl_s);
     let mut last_ok = Instant::now();
     let mut last_try: Option<Instant> = None;
-    let mut session = None;
+    // After a failed renewal the next comes sooner, as when fenced: an etcd that was
+    // electing a leader answers again within about a second.
+    let mut failed = false;
     let mut tick = tokio::time::interval(timing::LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -407,7 +456,7 @@ async fn keep_alive(
         }
         let due = match last_try {
             None => true,
-            Some(t) if node.lease_lost() => t.elapsed() >= timing::FENCED_RENEW_EVERY,
+            Some(t) if node.lease_lost() || failed => t.elapsed() >= timing::FENCED_RENEW_EVERY,
             Some(t) => t.elapsed() >= every,
         };
         if !due {
@@ -415,10 +464,10 @@ async fn keep_alive(
         }
         let sent = Instant::now();
         last_try = Some(sent);
-        let renewed = renew(cluster, &mut session, claim.lease);
-        match tokio::time::timeout(timing::renewal_deadline(ttl_s), renewed).await {
-            Ok(Ok(left)) if left > 0 => {
+        match renew(cluster, claim.lease, timing::renewal_deadline(ttl_s)).await {
+            Ok(true) => {
                 last_ok = sent;
+                failed = false;
                 if node.lease_lost() {
                     tracing::info!("worker lease renewed again");
                     node.set_lease_lost(false);
@@ -432,12 +481,11 @@ async fn keep_alive(
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
                 }
             }
-            Ok(Ok(_)) => return Ended::Expired,
-            Ok(Err(e)) => {
+            Ok(false) => return Ended::Expired,
+            Err(e) => {
                 tracing::debug!(error = %e, "lease renewal failed");
-                session = None;
+                failed = true;
             }
-            Err(_) => session = None,
         }
     }
 }
