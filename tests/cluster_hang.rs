@@ -8,6 +8,12 @@
 //!
 //! - [`a_frozen_member_fails_no_request`]: a follower;
 //! - [`a_frozen_leader_fails_no_request`]: the leader (the others elect a new one).
+//! - [`a_lease_revoked_under_a_renewing_node_fails_no_request`]: the leader's effect
+//!   made deterministic: back from its pause, etcd 3.4.23's old leader revokes every lease
+//!   it thinks expired although the others renewed them (etcd-io/etcd#15247), so a node's
+//!   lease vanishes while it renews. Before the fix the node marked its numbers degraded,
+//!   took the lowest free worker ID and waited out the reservation (NOT_READY); now it
+//!   takes its own ID again and goes on.
 //!
 //! The bar: 0 failed requests, no node fenced or degraded, and a clean history (no
 //! repeated number or id per prefix, nothing backwards on a connection). Figures are
@@ -21,8 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, FEW_SECONDS, TTL_S, register, wait_ready};
-use common::etcd::EtcdCluster;
+use common::cluster::{
+    Cluster, FEW_SECONDS, TTL_S, etcd_get, etcd_revoke, register, wait_for, wait_ready,
+};
+use common::etcd::{Etcd, EtcdCluster};
 use common::history::History;
 use common::server::{Client, Server, random_token};
 
@@ -333,4 +341,54 @@ fn a_frozen_member_fails_no_request() {
 #[test]
 fn a_frozen_leader_fails_no_request() {
     frozen_member_run("frozen-leader", the_leader);
+}
+
+#[test]
+fn a_lease_revoked_under_a_renewing_node_fails_no_request() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(etcd) = Etcd::start() else {
+        return;
+    };
+    let c = Cluster::new(&etcd, "revoked", TTL_S);
+    let (s, _) = c.start_ready(&[]);
+    register_all(&s);
+    let nodes = [s];
+    let history = History::new();
+    let origin = Arc::new(std::sync::Mutex::new(Instant::now()));
+    let load = Load::start(&nodes, &history, origin.clone());
+    let ready_stop = Arc::new(AtomicBool::new(false));
+    let ready = watch_ready(&nodes, ready_stop.clone(), origin.clone());
+    thread::sleep(Duration::from_secs(1));
+
+    let worker_key = c.key("workers/0/0");
+    let (_, lease) = etcd_get(&c.endpoint, &worker_key).expect("worker key");
+    *origin.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    etcd_revoke(&c.endpoint, lease);
+    // The node notices at its next renewal, and takes worker 0 again with a new lease.
+    wait_for(
+        Duration::from_secs(TTL_S + 5),
+        || format!("worker 0 not taken again\n{}", events(&nodes[0])),
+        || etcd_get(&c.endpoint, &worker_key).filter(|(_, l)| *l != lease),
+    );
+    thread::sleep(Duration::from_secs(1));
+
+    ready_stop.store(true, Ordering::Relaxed);
+    let not_ready = ready.join().expect("ready watcher");
+    let (failed, requests) = load.finish();
+    let report = history.check();
+    println!(
+        "measure: revoked lease: {requests} requests, {} numbers, {} failed, {} not-ready answers",
+        report.numbers,
+        failed.len(),
+        not_ready.len()
+    );
+    let logs = events(&nodes[0]);
+    assert!(
+        failed.is_empty() && not_ready.is_empty() && report.is_clean(),
+        "failed:{}\nnot ready:{}\nhistory: {}\n{logs}",
+        describe(&failed),
+        describe(&not_ready),
+        report.describe()
+    );
+    assert!(logs.contains("claiming a worker ID again"), "{logs}");
 }

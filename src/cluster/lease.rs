@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -54,7 +55,12 @@ pub struct EtcdCluster {
     lease_ttl_s: u64,
     timeout: Duration,
     registry: Arc<NodeRegistry>,
+    /// The worker ID this source claimed last ([`NO_WORKER`]: none): a claim tries it
+    /// first, so that a node whose lease was lost takes its own ID again.
+    last_worker: AtomicU64,
 }
+
+const NO_WORKER: u64 = u64::MAX;
 
 impl EtcdCluster {
     /// A worker-ID source on `members` (or on one client, for tests and tools).
@@ -80,6 +86,7 @@ impl EtcdCluster {
             lease_ttl_s: settings.lease_ttl_s,
             timeout: settings.timeout,
             registry: Arc::new(registry),
+            last_worker: AtomicU64::new(NO_WORKER),
         }
     }
 
@@ -166,9 +173,14 @@ impl EtcdCluster {
     /// Claims the lowest free worker ID of the datacenter with `lease`; `None` when all are
     /// taken. The claim and the read of the ID's high timestamp are one transaction.
     async fn claim_lowest_free(&self, lease: i64) -> Result<Option<WorkerClaim>, StoreError> {
-        self.members
+        let claim = self
+            .members
             .call(self.timeout, |c, _| self.try_claim(c, lease))
-            .await
+            .await?;
+        if let Some(c) = &claim {
+            self.last_worker.store(c.worker, Ordering::Relaxed);
+        }
+        Ok(claim)
     }
 
     /// One attempt of [`Self::claim_lowest_free`]. A key already carrying `lease` is ours,
@@ -199,7 +211,13 @@ impl EtcdCluster {
             }
             taken.insert(w);
         }
-        for w in (0..=self.max_worker).filter(|w| !taken.contains(w)) {
+        // The ID claimed last first (when free), then the lowest free one.
+        let last = self.last_worker.load(Ordering::Relaxed);
+        let free = (0..=self.max_worker).filter(|w| !taken.contains(w));
+        let order = std::iter::once(last)
+            .filter(|w| *w <= self.max_worker && !taken.contains(w))
+            .chain(free.filter(|w| *w != last));
+        for w in order {
             let (wk, hk) = (self.keys.worker(self.dc, w), self.keys.hwm(self.dc, w));
             let claim = PutOptions::new().with_lease(lease);
             let txn = Txn::new()
@@ -348,7 +366,26 @@ impl WorkerSource for EtcdCluster {
 /// How a lease session ended.
 enum Ended {
     Stopped,
-    Expired,
+    /// The lease or the claim is gone; the node counts as fenced from `fence_at` on.
+    Expired {
+        fence_at: Instant,
+    },
+}
+
+/// Runs `f`; when `fence_at` passes first, fences the node (lease lost) and goes on
+/// waiting for `f`.
+async fn fencing_at<T>(node: &Node, fence_at: Option<Instant>, f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    if let Some(at) = fence_at.filter(|_| !node.lease_lost()) {
+        tokio::select! {
+            v = &mut f => return v,
+            _ = tokio::time::sleep_until(at.into()) => {
+                node.set_lease_lost(true);
+                tracing::warn!("no worker ID taken again within the lease's time; numbers are degraded");
+            }
+        }
+    }
+    f.await
 }
 
 /// Claims a worker ID, keeps its lease alive, fences the node when renewals stop, and
@@ -361,11 +398,14 @@ pub async fn run_lease(
 ) {
     let ttl_s = cluster.lease_ttl_s;
     let mut all_taken_logged = false;
+    // While the node claims again after its lease was gone: when it must count as fenced.
+    let mut fence_at: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             return;
         }
-        let claim = match worker::acquire(&node, cluster.as_ref()).await {
+        let acquired = fencing_at(&node, fence_at, worker::acquire(&node, cluster.as_ref()));
+        let claim = match acquired.await {
             Ok(c) => c,
             Err(e) => {
                 let wait = match &e {
@@ -381,7 +421,7 @@ pub async fn run_lease(
                         timing::CLAIM_RETRY
                     }
                 };
-                if sleep_or_stop(wait, &mut stop).await {
+                if fencing_at(&node, fence_at, sleep_or_stop(wait, &mut stop)).await {
                     return;
                 }
                 continue;
@@ -393,8 +433,16 @@ pub async fn run_lease(
         worker::handle_start_gap(&node, timing::reserve_window(ttl_s));
         match keep_alive(&cluster, &node, &claim, &mut stop).await {
             Ended::Stopped => return,
-            Ended::Expired => {
-                node.set_lease_lost(true);
+            Ended::Expired { fence_at: at } => {
+                // SPEC 4: the node is fenced once it has not renewed for the fence time,
+                // not when etcd drops the lease sooner (an etcd leader back from a pause
+                // revokes every lease it thinks expired, renewed elsewhere or not:
+                // etcd-io/etcd#15247, seen with 3.4.23). Until then it issues under its grant, whose
+                // numbers are below the reservation any next owner starts above.
+                if at <= Instant::now() {
+                    node.set_lease_lost(true);
+                }
+                fence_at = Some(at);
                 tracing::warn!(
                     worker = claim.worker,
                     "worker lease expired; claiming a worker ID again"
@@ -475,13 +523,20 @@ async fn keep_alive(
                 match cluster.heartbeat(claim).await {
                     Ok(()) => {}
                     Err(WorkerError::NotHeld(_)) => {
+                        // Another owner may hold the ID: fenced at once.
                         cluster.revoke(claim.lease).await;
-                        return Ended::Expired;
+                        return Ended::Expired {
+                            fence_at: Instant::now(),
+                        };
                     }
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
                 }
             }
-            Ok(false) => return Ended::Expired,
+            Ok(false) => {
+                return Ended::Expired {
+                    fence_at: last_ok + fence_after,
+                };
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "lease renewal failed");
                 failed = true;

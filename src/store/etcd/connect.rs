@@ -83,6 +83,37 @@ fn misconfigured(cfg: &EtcdConfig, endpoint: &str, e: &etcd_client::Error) -> Op
     tls::misconfigured(cfg, endpoint, &tls::full_text(e))
 }
 
+/// How often [`connect`] asks a member before taking its failure as the member's state.
+const FIRST_ASKS: u32 = 3;
+
+const FIRST_ASK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Member `i`'s status, asked up to [`FIRST_ASKS`] times while the failure names no
+/// setting: with TLS 1.3 the server judges the client certificate after the client has
+/// finished its handshake, so the first request on a refused connection only sees it
+/// cancelled, and the next one sees the alert (`BadCertificate`) that names the setting.
+/// `Err` carries the setting when one is wrong.
+async fn first_answer(
+    cfg: &EtcdConfig,
+    members: &Members,
+    i: usize,
+) -> Result<(), Option<ConfigError>> {
+    for asked in 1..=FIRST_ASKS {
+        match members.probe(i, CONNECT_TIMEOUT).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if let Some(bad) = misconfigured(cfg, &cfg.endpoints[i], &e) {
+                    return Err(Some(bad));
+                }
+            }
+        }
+        if asked < FIRST_ASKS {
+            tokio::time::sleep(FIRST_ASK_PAUSE).await;
+        }
+    }
+    Err(None)
+}
+
 /// A client per member of `cfg`'s cluster, in the order listed (the first is preferred
 /// at first). Every member is asked for its status at once (after logging in, with a user);
 /// this returns as soon as one answers, or when every one has failed or
@@ -114,19 +145,15 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Members, ConnectError> {
     let mut asks = JoinSet::new();
     for i in 0..members.len() {
         let m = members.clone();
-        asks.spawn(async move { (i, m.probe(i, CONNECT_TIMEOUT).await) });
+        let cfg = cfg.clone();
+        asks.spawn(async move { first_answer(&cfg, &m, i).await });
     }
     let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
     while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
-        let Ok((i, answer)) = joined else { continue };
-        match answer {
-            Ok(()) => break,
-            Err(e) => {
-                let endpoint = &cfg.endpoints[i];
-                if let Some(bad) = misconfigured(cfg, endpoint, &e) {
-                    return Err(bad.into());
-                }
-            }
+        match joined {
+            Ok(Ok(())) => break,
+            Ok(Err(Some(bad))) => return Err(bad.into()),
+            Ok(Err(None)) | Err(_) => {}
         }
     }
     Ok(members)
