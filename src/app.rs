@@ -20,13 +20,13 @@ use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::clock::{Clock, ForwardJumps, SystemClock};
 use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
-use crate::config::{Config, EtcdConfig, Secret};
+use crate::config::{Config, ConfigError, EtcdConfig, Secret};
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
 use crate::service::Service;
 use crate::standalone::{DataDir, Local, StandaloneError, random_hex};
-use crate::store::etcd::EtcdStore;
+use crate::store::etcd::{ConnectError, EtcdStore};
 use crate::store::{Store, StoreError};
 use crate::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
@@ -42,6 +42,9 @@ pub enum AppError {
     Standalone(#[from] StandaloneError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A setting that only connecting could judge (an etcd password, CA or certificate).
+    #[error(transparent)]
+    Setting(#[from] ConfigError),
     #[error("worker ID: {0}")]
     Worker(#[from] WorkerError),
     #[error("metrics: {0}")]
@@ -50,6 +53,22 @@ pub enum AppError {
     Cluster(String),
     #[error("background task failed: {}", .0.join(", "))]
     TaskFailed(Vec<&'static str>),
+}
+
+impl From<ConnectError> for AppError {
+    fn from(e: ConnectError) -> AppError {
+        match e {
+            ConnectError::Setting(e) => AppError::Setting(e),
+            ConnectError::Store(e) => AppError::Store(e),
+        }
+    }
+}
+
+impl AppError {
+    /// True when a setting is wrong (the process exits 2, as for a bad value at start).
+    pub fn is_setting(&self) -> bool {
+        matches!(self, AppError::Setting(_))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AppError + '_ {
@@ -113,9 +132,9 @@ async fn clustered(
     if config.worker_id != 0 {
         tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
     }
-    let store = EtcdStore::connect(etcd).await?;
+    let store = EtcdStore::new(crate::store::etcd::connect(etcd).await?, &etcd.root);
     let cluster = Arc::new(EtcdCluster::new(
-        store.client(),
+        store.members().clone(),
         ClusterSettings {
             root: etcd.root.clone(),
             dc: config.dc_id,
@@ -304,6 +323,10 @@ async fn spawn_tasks(
         }
         Some(cluster) => {
             tasks.spawn(
+                "etcd health",
+                cluster.members().clone().watch_health(stop.clone()),
+            );
+            tasks.spawn(
                 "lease",
                 crate::cluster::lease::run_lease(
                     cluster.clone(),
@@ -315,7 +338,7 @@ async fn spawn_tasks(
             tasks.spawn(
                 "prefix watch",
                 crate::cluster::watch::watch_prefixes(
-                    cluster.client(),
+                    cluster.members().clone(),
                     cluster.keys().clone(),
                     service.clone(),
                     crate::store::DEFAULT_TIMEOUT,

@@ -70,23 +70,24 @@ fn serve(config: Config) -> ExitCode {
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(|e| (format!("cannot start the runtime: {e}"), false))
         .and_then(|runtime| {
             runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
-                    .map_err(|e| format!("listen: cannot bind {}: {e}", config.listen))?;
+                    .map_err(|e| (format!("listen: cannot bind {}: {e}", config.listen), false))?;
                 numgen::app::run(config, listener, shutdown_signal())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), e.is_setting()))
             })
         });
     match served {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err((e, setting)) => {
             tracing::error!("{e}");
             eprintln!("numgen: {e}");
-            ExitCode::FAILURE
+            // A bad setting exits 2 whether the config check or the connection found it.
+            ExitCode::from(if setting { 2 } else { 1 })
         }
     }
 }

@@ -48,7 +48,8 @@ pub fn renewal_deadline(lease_ttl_s: u64) -> Duration {
     keep_alive_every(lease_ttl_s).min(Duration::from_secs(2))
 }
 
-/// How often a fenced node tries to renew, so that it recovers soon after etcd answers.
+/// How often a fenced node, or one whose last renewal failed, tries to renew, so that it
+/// recovers soon after etcd answers (a leader election takes about a second).
 pub const FENCED_RENEW_EVERY: Duration = Duration::from_millis(500);
 
 /// The keep-alive loop's tick: how late a fence or a due renewal may be noticed.
@@ -143,6 +144,35 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The kernel's keep-alive on idle connections, so a half-open TCP connection is noticed.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+// --- Members that do not answer (store::etcd::members) -----------------------------------
+
+/// How long the first attempt of an etcd call may take on one member before the call moves
+/// to the next member. Loopback and LAN calls take milliseconds (a write: one fsync on a
+/// quorum); this leaves room for a busy machine while a frozen member costs a call at most
+/// this. Each later round through the members doubles it, so a cluster that is merely
+/// slow still gets the whole store deadline.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The pause after every member failed once in a call (times the round, at most 4), so
+/// quick refusals during a leader election do not spin.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How often each member is asked for its status, so that a frozen preferred member is
+/// usually left before a call waits on it, and a new leader is known soon after the
+/// election: a write sent to the old leader, or through a member that still followed it,
+/// waits there for good and is sent again then.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// How long a status request may take before its member counts as in trouble.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How often the prefix watch asks its member for a progress report.
+pub const WATCH_PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// A watch that has sent nothing for this long after a progress request is on a member
+/// that does not answer: it is opened again on another member (after a full read).
+pub const WATCH_SILENT_FOR: Duration = Duration::from_millis(1500);
 
 #[cfg(test)]
 mod tests {

@@ -112,9 +112,23 @@ pub async fn acquire(node: &Node, source: &dyn WorkerSource) -> Result<WorkerCla
     let layout = node.layout();
     let mut claim = source.acquire(node.latest_time_ms()).await?;
     let persisted = claim.hwm_ms.map_or(0, |ms| layout.units_at(ms));
-    let previous = node.grant().map_or(0, |g| g.ceiling);
-    let floor = persisted.max(previous);
-    let ceiling = node.now_units().max(floor) + node.window_units();
+    let floor = match node.grant() {
+        // The worker ID this node held, taken again after its lease was lost (an etcd
+        // leader back from a pause revokes leases it thinks expired), with the mark no
+        // higher than this node's own reservation. Nobody else has used the ID since:
+        // another owner's floor would have been that reservation, and it reserves above
+        // its floor before issuing (and its release keeps what it issued), so the mark
+        // would now be higher. Timestamps this node used are above its per-prefix last
+        // issued numbers anyway, so it goes on from the old floor without waiting out
+        // its own reservation (and without a NOT_READY pause).
+        Some(g) if g.dc == claim.dc && g.worker == claim.worker && persisted <= g.ceiling => {
+            g.floor
+        }
+        Some(g) => persisted.max(g.ceiling),
+        None => persisted,
+    };
+    // The mark is never lowered: what it holds is reserved as well.
+    let ceiling = (node.now_units().max(floor) + node.window_units()).max(persisted);
     source.reserve(&claim, layout.unix_ms_at(ceiling)).await?;
     claim.grant = if claim.fence_at.is_some_and(|t| Instant::now() >= t) {
         tracing::warn!(
@@ -336,6 +350,34 @@ mod tests {
             .layout()
             .compose_packed(again.batch.first, true, again.node_bits);
         assert!(id > last_id);
+    }
+
+    #[tokio::test]
+    async fn the_same_worker_id_again_goes_on_unless_another_owner_reserved_it() {
+        let clock = Arc::new(ManualClock::new(T0));
+        let memory = MemoryWorker::default();
+        let n = node(clock.clone());
+        acquire(&n, &memory).await.unwrap();
+        let first = n.grant().unwrap();
+        let p = LastIssued::new();
+        let before = n.try_issue(&p, 1).unwrap().batch.first;
+
+        // The lease is lost and the ID taken again with the mark as this node left it: the
+        // old floor stays, so the node does not wait out its own reservation.
+        clock.advance(10);
+        acquire(&n, &memory).await.unwrap();
+        let again = n.grant().unwrap();
+        assert_eq!(again.floor, first.floor);
+        assert!(again.ceiling >= first.ceiling);
+        handle_start_gap(&n, WINDOW);
+        assert_eq!(n.readiness().status, "ok");
+        assert!(n.try_issue(&p, 1).unwrap().batch.first > before);
+
+        // Another owner reserved past this node's ceiling meanwhile: its mark is the floor.
+        let theirs = T0 + 60_000;
+        *memory.mark.lock().unwrap() = Some(theirs);
+        acquire(&n, &memory).await.unwrap();
+        assert_eq!(n.grant().unwrap().floor, n.layout().units_at(theirs));
     }
 
     #[tokio::test(start_paused = true)]

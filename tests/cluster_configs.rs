@@ -247,7 +247,7 @@ async fn the_watch_hands_every_change_to_its_sink() {
     let sink = Arc::new(Recorder::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(watch_prefixes(
-        store.client(),
+        store.members().clone(),
         keys.clone(),
         sink.clone(),
         Duration::from_secs(2),
@@ -458,7 +458,7 @@ mod services {
     pub fn watch(etcd: &EtcdStore, service: &Arc<Service>) -> watch::Sender<bool> {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(watch_prefixes(
-            etcd.client(),
+            etcd.members().clone(),
             Keys::new(etcd.keys().root()),
             service.clone(),
             Duration::from_secs(2),

@@ -139,3 +139,44 @@ fn a_three_member_etcd_elects_a_new_leader_when_the_old_one_dies() {
     etcd.member(leader).restart();
     assert!(etcd.wait_leader(Duration::from_secs(10)).is_some());
 }
+
+#[test]
+fn the_proxy_holds_replies_while_requests_pass() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = Proxy::start(upstream.local_addr().unwrap());
+    proxy.hold_replies();
+    let mut c = TcpStream::connect(proxy.addr()).unwrap();
+    c.write_all(b"ping").unwrap();
+    // The request arrives upstream...
+    let (mut server, _) = upstream.accept().unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    // ...its answer does not, until the proxy is restored.
+    server.write_all(b"pong").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    assert!(c.read_exact(&mut buf).is_err());
+    proxy.restore();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pong");
+
+    // A reply delay holds answers back for a while, not requests.
+    proxy.set_reply_delay(Duration::from_millis(200));
+    let t = Instant::now();
+    c.write_all(b"ping").unwrap();
+    server.read_exact(&mut buf).unwrap();
+    let arrived = t.elapsed();
+    server.write_all(b"pong").unwrap();
+    c.read_exact(&mut buf).unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(arrived < Duration::from_millis(200), "{arrived:?}");
+}

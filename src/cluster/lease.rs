@@ -16,21 +16,19 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
 use tokio::sync::watch;
 
 use super::registry::{Identity, NodeRegistry};
 use super::sleep_or_stop;
 use crate::clock::Clock;
 use crate::node::Node;
-use crate::store::etcd::{Keys, parse_u64, unavailable};
-use crate::store::{StoreError, bounded};
+use crate::store::StoreError;
+use crate::store::etcd::{Failure, Keys, Members, parse_u64};
 use crate::timing;
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
@@ -50,37 +48,56 @@ pub struct ClusterSettings {
 /// This node's worker-ID source in etcd: its lease, its claim and the claimed ID's high
 /// timestamp. Its entry in the node registry ([`NodeRegistry`]) is the worker key's value.
 pub struct EtcdCluster {
-    client: Client,
+    members: Members,
     keys: Keys,
     dc: u64,
     max_worker: u64,
     lease_ttl_s: u64,
     timeout: Duration,
     registry: Arc<NodeRegistry>,
+    /// The worker ID this source claimed last ([`NO_WORKER`]: none): a claim tries it
+    /// first, so that a node whose lease was lost takes its own ID again.
+    last_worker: AtomicU64,
 }
 
+const NO_WORKER: u64 = u64::MAX;
+
 impl EtcdCluster {
-    pub fn new(client: Client, settings: ClusterSettings, clock: Arc<dyn Clock>) -> EtcdCluster {
+    /// A worker-ID source on `members` (or on one client, for tests and tools).
+    pub fn new(
+        members: impl Into<Members>,
+        settings: ClusterSettings,
+        clock: Arc<dyn Clock>,
+    ) -> EtcdCluster {
+        let members = members.into();
         let keys = Keys::new(&settings.root);
         let me = Identity {
             node_id: settings.node_id,
             dc: settings.dc,
             addr: settings.addr,
         };
-        let registry = NodeRegistry::new(client.clone(), keys.clone(), me, clock, settings.timeout);
+        let registry =
+            NodeRegistry::new(members.clone(), keys.clone(), me, clock, settings.timeout);
         EtcdCluster {
-            client,
+            members,
             keys,
             dc: settings.dc,
             max_worker: settings.max_worker,
             lease_ttl_s: settings.lease_ttl_s,
             timeout: settings.timeout,
             registry: Arc::new(registry),
+            last_worker: AtomicU64::new(NO_WORKER),
         }
     }
 
+    /// The preferred member's client (calls on it stay on it).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.members.client()
+    }
+
+    /// The etcd members every call of this source goes to.
+    pub fn members(&self) -> &Members {
+        &self.members
     }
 
     pub fn keys(&self) -> &Keys {
@@ -98,14 +115,6 @@ impl EtcdCluster {
         Compare::lease(key, CompareOp::Equal, claim.lease)
     }
 
-    /// Runs one etcd call under the deadline.
-    async fn call<T>(
-        &self,
-        f: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        bounded(self.timeout, async { f.await.map_err(unavailable) }).await
-    }
-
     /// Puts `value` at `key` only while our lease still holds the worker key.
     async fn guarded_put(
         &self,
@@ -118,8 +127,15 @@ impl EtcdCluster {
         let txn = Txn::new()
             .when([self.held(claim)])
             .and_then([TxnOp::put(key, value, put)]);
-        let mut client = self.client.clone();
-        if self.call(client.txn(txn)).await?.succeeded() {
+        // The same value again, guarded on the lease: sending it twice is harmless.
+        let written = self
+            .members
+            .call(self.timeout, |mut c, _| {
+                let txn = txn.clone();
+                async move { Ok(c.txn(txn).await?.succeeded()) }
+            })
+            .await?;
+        if written {
             Ok(())
         } else {
             Err(WorkerError::NotHeld(claim.worker))
@@ -134,8 +150,22 @@ impl EtcdCluster {
     }
 
     async fn revoke(&self, lease: i64) {
-        let mut client = self.client.clone();
-        if let Err(e) = self.call(client.lease_revoke(lease)).await {
+        let revoked = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                match c.lease_revoke(lease).await {
+                    Ok(_) => Ok(()),
+                    // A retry after a revoke that committed without an answer.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("requested lease not found") =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await;
+        if let Err(e) = revoked {
             tracing::warn!(error = %e, "could not revoke the lease; it expires on its own");
         }
     }
@@ -148,56 +178,118 @@ impl EtcdCluster {
         lease: i64,
         now_ms: u64,
     ) -> Result<Option<WorkerClaim>, StoreError> {
-        let mut client = self.client.clone();
-        bounded(self.timeout, async {
-            let of_dc = self.keys.workers_of(self.dc);
-            let opts = GetOptions::new().with_prefix().with_keys_only();
-            let listed = client.get(of_dc, Some(opts)).await.map_err(unavailable)?;
-            let taken: HashSet<u64> = listed
-                .kvs()
-                .iter()
-                .filter_map(|kv| self.keys.worker_id(self.dc, kv.key_str().ok()?))
-                .collect();
-            for w in (0..=self.max_worker).filter(|w| !taken.contains(w)) {
-                let (wk, hk) = (self.keys.worker(self.dc, w), self.keys.hwm(self.dc, w));
-                let claim = PutOptions::new().with_lease(lease);
-                let txn = Txn::new()
-                    .when([Compare::create_revision(wk.as_str(), CompareOp::Equal, 0)])
-                    .and_then([
-                        TxnOp::put(wk.as_str(), self.registry.entry(w), Some(claim)),
-                        TxnOp::get(hk.as_str(), None),
-                    ]);
-                let resp = client.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    // An unreadable mark leaves this ID's floor unknown: refuse it (the
-                    // caller revokes the lease, which frees the key again).
-                    let hwm_ms = stored_hwm(&hk, resp.op_responses().get(1))?.map(|(ms, _)| ms);
-                    if let Some(mark) = hwm_ms.filter(|&m| implausible(m, now_ms)) {
-                        tracing::warn!(
-                            worker = w,
-                            mark_unix_ms = mark,
-                            ahead_ms = mark - now_ms,
-                            "worker ID skipped: its reserved timestamp is implausibly far ahead of this node's clock (a clock that ran ahead wrote it)"
-                        );
-                        let give_back = Txn::new()
-                            .when([Compare::lease(wk.as_str(), CompareOp::Equal, lease)])
-                            .and_then([TxnOp::delete(wk.as_str(), None)]);
-                        client.txn(give_back).await.map_err(unavailable)?;
-                        continue;
-                    }
-                    return Ok(Some(WorkerClaim {
-                        dc: self.dc,
-                        worker: w,
-                        hwm_ms,
-                        lease,
-                        fence_at: None,
-                        grant: 0,
-                    }));
+        let claim = self
+            .members
+            .call(self.timeout, |c, _| self.try_claim(c, lease, now_ms))
+            .await?;
+        if let Some(c) = &claim {
+            self.last_worker.store(c.worker, Ordering::Relaxed);
+        }
+        Ok(claim)
+    }
+
+    /// One attempt of [`Self::claim_lowest_free`]. A key already carrying `lease` is ours,
+    /// claimed by an earlier attempt whose answer was lost: it is taken as the claim (its
+    /// mark read now) rather than holding a second ID with the same lease.
+    async fn try_claim(
+        &self,
+        mut client: Client,
+        lease: i64,
+        now_ms: u64,
+    ) -> Result<Option<WorkerClaim>, Failure> {
+        let of_dc = self.keys.workers_of(self.dc);
+        let opts = GetOptions::new().with_prefix().with_keys_only();
+        let listed = client.get(of_dc, Some(opts)).await?;
+        let mut taken = HashSet::new();
+        for kv in listed.kvs() {
+            let Some(w) = self
+                .keys
+                .worker_id(self.dc, kv.key_str().unwrap_or_default())
+            else {
+                continue;
+            };
+            if kv.lease() == lease {
+                let hk = self.keys.hwm(self.dc, w);
+                let mark = client.txn(Txn::new().and_then([TxnOp::get(hk.as_str(), None)]));
+                let resp = mark.await?;
+                let hwm_ms = stored_hwm(&hk, resp.op_responses().first())?.map(|(ms, _)| ms);
+                if !self
+                    .gave_back_implausible(&mut client, w, hwm_ms, lease, now_ms)
+                    .await?
+                {
+                    return Ok(Some(self.claim_of(w, hwm_ms, lease)));
                 }
             }
-            Ok(None)
-        })
-        .await
+            taken.insert(w);
+        }
+        // The ID claimed last first (when free), then the lowest free one.
+        let last = self.last_worker.load(Ordering::Relaxed);
+        let free = (0..=self.max_worker).filter(|w| !taken.contains(w));
+        let order = std::iter::once(last)
+            .filter(|w| *w <= self.max_worker && !taken.contains(w))
+            .chain(free.filter(|w| *w != last));
+        for w in order {
+            let (wk, hk) = (self.keys.worker(self.dc, w), self.keys.hwm(self.dc, w));
+            let claim = PutOptions::new().with_lease(lease);
+            let txn = Txn::new()
+                .when([Compare::create_revision(wk.as_str(), CompareOp::Equal, 0)])
+                .and_then([
+                    TxnOp::put(wk, self.registry.entry(w), Some(claim)),
+                    TxnOp::get(hk.as_str(), None),
+                ]);
+            let resp = client.txn(txn).await?;
+            if resp.succeeded() {
+                // An unreadable mark leaves this ID's floor unknown: refuse it (the
+                // caller revokes the lease, which frees the key again).
+                let hwm_ms = stored_hwm(&hk, resp.op_responses().get(1))?.map(|(ms, _)| ms);
+                if self
+                    .gave_back_implausible(&mut client, w, hwm_ms, lease, now_ms)
+                    .await?
+                {
+                    continue;
+                }
+                return Ok(Some(self.claim_of(w, hwm_ms, lease)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// When worker ID `w`, just claimed with `lease`, has a mark implausibly far ahead of
+    /// `now_ms`: gives it back (a WARN names it) and says `true`, so the claim skips it.
+    async fn gave_back_implausible(
+        &self,
+        client: &mut Client,
+        w: u64,
+        hwm_ms: Option<u64>,
+        lease: i64,
+        now_ms: u64,
+    ) -> Result<bool, Failure> {
+        let Some(mark) = hwm_ms.filter(|&m| implausible(m, now_ms)) else {
+            return Ok(false);
+        };
+        tracing::warn!(
+            worker = w,
+            mark_unix_ms = mark,
+            ahead_ms = mark - now_ms,
+            "worker ID skipped: its reserved timestamp is implausibly far ahead of this node's clock (a clock that ran ahead wrote it)"
+        );
+        let wk = self.keys.worker(self.dc, w);
+        let give_back = Txn::new()
+            .when([Compare::lease(wk.as_str(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(wk.as_str(), None)]);
+        client.txn(give_back).await?;
+        Ok(true)
+    }
+
+    fn claim_of(&self, worker: u64, hwm_ms: Option<u64>, lease: i64) -> WorkerClaim {
+        WorkerClaim {
+            dc: self.dc,
+            worker,
+            hwm_ms,
+            lease,
+            fence_at: None,
+            grant: 0,
+        }
     }
 
     /// Raises the claim's high timestamp to `unix_ms` (see [`WorkerSource::reserve`]);
@@ -205,51 +297,54 @@ impl EtcdCluster {
     async fn raise_hwm(&self, claim: &WorkerClaim, unix_ms: u64) -> Result<bool, StoreError> {
         let wk = self.keys.worker(claim.dc, claim.worker);
         let hk = self.keys.hwm(claim.dc, claim.worker);
-        let mut client = self.client.clone();
-        bounded(self.timeout, async {
-            // Read the mark only while the claim holds: a mark already high enough may have
-            // been written by the ID's next owner, and is no reservation of ours.
-            let read = Txn::new()
-                .when([self.held(claim)])
-                .and_then([TxnOp::get(hk.as_str(), None)]);
-            let resp = client.txn(read).await.map_err(unavailable)?;
-            if !resp.succeeded() {
-                return Ok(false);
-            }
-            let mut seen = stored_hwm(&hk, resp.op_responses().first())?;
-            loop {
-                let revision = match seen {
-                    Some((stored, _)) if stored >= unix_ms => return Ok(true),
-                    Some((_, revision)) => revision,
-                    None => 0,
-                };
-                let txn = Txn::new()
-                    .when([
-                        self.held(claim),
-                        Compare::mod_revision(hk.as_str(), CompareOp::Equal, revision),
-                    ])
-                    .and_then([TxnOp::put(hk.as_str(), unix_ms.to_string(), None)])
-                    .or_else([TxnOp::get(wk.as_str(), None), TxnOp::get(hk.as_str(), None)]);
-                let resp = client.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    return Ok(true);
-                }
-                // Both keys as of the failed compare: which of the two conditions broke?
-                let ops = resp.op_responses();
-                let ours = match ops.first() {
-                    Some(TxnOpResponse::Get(g)) => {
-                        g.kvs().first().is_some_and(|kv| kv.lease() == claim.lease)
-                    }
-                    _ => false,
-                };
-                if !ours {
+        let (wk, hk) = (wk.as_str(), hk.as_str());
+        // Every write is guarded on the mark as read and on the claim: sending one again to
+        // another member after it may have committed cannot lower or double anything.
+        self.members
+            .call(self.timeout, |mut client, _| async move {
+                // Read the mark only while the claim holds: a mark already high enough may have
+                // been written by the ID's next owner, and is no reservation of ours.
+                let read = Txn::new()
+                    .when([self.held(claim)])
+                    .and_then([TxnOp::get(hk, None)]);
+                let resp = client.txn(read).await?;
+                if !resp.succeeded() {
                     return Ok(false);
                 }
-                // The mark moved since it was read: read it again (from this answer).
-                seen = stored_hwm(&hk, ops.get(1))?;
-            }
-        })
-        .await
+                let mut seen = stored_hwm(hk, resp.op_responses().first())?;
+                loop {
+                    let revision = match seen {
+                        Some((stored, _)) if stored >= unix_ms => return Ok(true),
+                        Some((_, revision)) => revision,
+                        None => 0,
+                    };
+                    let txn = Txn::new()
+                        .when([
+                            self.held(claim),
+                            Compare::mod_revision(hk, CompareOp::Equal, revision),
+                        ])
+                        .and_then([TxnOp::put(hk, unix_ms.to_string(), None)])
+                        .or_else([TxnOp::get(wk, None), TxnOp::get(hk, None)]);
+                    let resp = client.txn(txn).await?;
+                    if resp.succeeded() {
+                        return Ok(true);
+                    }
+                    // Both keys as of the failed compare: which of the two conditions broke?
+                    let ops = resp.op_responses();
+                    let ours = match ops.first() {
+                        Some(TxnOpResponse::Get(g)) => {
+                            g.kvs().first().is_some_and(|kv| kv.lease() == claim.lease)
+                        }
+                        _ => false,
+                    };
+                    if !ours {
+                        return Ok(false);
+                    }
+                    // The mark moved since it was read: read it again (from this answer).
+                    seen = stored_hwm(hk, ops.get(1))?;
+                }
+            })
+            .await
     }
 }
 
@@ -276,14 +371,19 @@ fn stored_hwm(key: &str, resp: Option<&TxnOpResponse>) -> Result<Option<(u64, i6
 
 #[async_trait]
 impl WorkerSource for EtcdCluster {
-    /// Grants a lease and claims the lowest free worker ID with it. The fence time counts
-    /// from before the grant was asked for: etcd's TTL runs from the grant, however long
-    /// the claim takes after it.
+    /// Grants a lease and claims a worker ID with it. The fence time counts from before
+    /// the grant was asked for: etcd's TTL runs from the grant, however long the claim
+    /// takes after it.
     async fn acquire(&self, now_ms: u64) -> Result<WorkerClaim, WorkerError> {
         let ttl = self.lease_ttl_s as i64;
-        let mut client = self.client.clone();
         let asked = Instant::now();
-        let lease = self.call(client.lease_grant(ttl, None)).await?.id();
+        // A grant sent twice leaves a lease holding nothing, which expires on its own.
+        let lease = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                Ok(c.lease_grant(ttl, None).await?.id())
+            })
+            .await?;
         let refused = match self.claim_lowest_free(lease, now_ms).await {
             Ok(Some(claim)) => {
                 let fence_at = Some(asked + timing::fence_after(self.lease_ttl_s));
@@ -325,7 +425,26 @@ impl WorkerSource for EtcdCluster {
 /// How a lease session ended.
 enum Ended {
     Stopped,
-    Expired,
+    /// The lease or the claim is gone; the node counts as fenced from `fence_at` on.
+    Expired {
+        fence_at: Instant,
+    },
+}
+
+/// Runs `f`; when `fence_at` passes first, fences the node (lease lost) and goes on
+/// waiting for `f`.
+async fn fencing_at<T>(node: &Node, fence_at: Option<Instant>, f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    if let Some(at) = fence_at.filter(|_| !node.lease_lost()) {
+        tokio::select! {
+            v = &mut f => return v,
+            _ = tokio::time::sleep_until(at.into()) => {
+                node.set_lease_lost(true);
+                tracing::warn!("no worker ID taken again within the lease's time; numbers are degraded");
+            }
+        }
+    }
+    f.await
 }
 
 /// Claims a worker ID, keeps its lease alive, fences the node when renewals stop, and
@@ -338,13 +457,21 @@ pub async fn run_lease(
 ) {
     let ttl_s = cluster.lease_ttl_s;
     let mut all_taken_logged = false;
+    // While the node claims again after its lease was gone: when it must count as fenced.
+    let mut fence_at: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             return;
         }
         // Claim (and reserve) on the peers' time if they find this clock ahead.
-        node.skew_checked(timing::FIRST_SKEW_CHECK_WAIT).await;
-        let claim = match worker::acquire(&node, cluster.as_ref()).await {
+        fencing_at(
+            &node,
+            fence_at,
+            node.skew_checked(timing::FIRST_SKEW_CHECK_WAIT),
+        )
+        .await;
+        let acquired = fencing_at(&node, fence_at, worker::acquire(&node, cluster.as_ref()));
+        let claim = match acquired.await {
             Ok(c) => c,
             Err(e) => {
                 let wait = match &e {
@@ -360,7 +487,7 @@ pub async fn run_lease(
                         timing::CLAIM_RETRY
                     }
                 };
-                if sleep_or_stop(wait, &mut stop).await {
+                if fencing_at(&node, fence_at, sleep_or_stop(wait, &mut stop)).await {
                     return;
                 }
                 continue;
@@ -373,8 +500,16 @@ pub async fn run_lease(
         worker::handle_start_gap(&node, timing::reserve_window(ttl_s));
         match keep_alive(&cluster, &node, &claim, &mut stop).await {
             Ended::Stopped => return,
-            Ended::Expired => {
-                node.set_lease_lost(true);
+            Ended::Expired { fence_at: at } => {
+                // SPEC 4: the node is fenced once it has not renewed for the fence time,
+                // not when etcd drops the lease sooner (an etcd leader back from a pause
+                // revokes every lease it thinks expired, renewed elsewhere or not:
+                // etcd-io/etcd#15247, seen with 3.4.23). Until then it issues under its grant, whose
+                // numbers are below the reservation any next owner starts above.
+                if at <= Instant::now() {
+                    node.set_lease_lost(true);
+                }
+                fence_at = Some(at);
                 tracing::warn!(
                     worker = claim.worker,
                     "worker lease expired; claiming a worker ID again"
@@ -384,34 +519,25 @@ pub async fn run_lease(
     }
 }
 
-/// One renewal: the lease's remaining TTL (0: it has expired). Opens the keep-alive stream
-/// when there is none.
-async fn renew(
-    cluster: &EtcdCluster,
-    session: &mut Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    lease: i64,
-) -> Result<i64, etcd_client::Error> {
-    if session.is_none() {
-        let mut client = cluster.client.clone();
-        match client.lease_keep_alive(lease).await {
-            Ok(s) => *session = Some(s),
-            // etcd-client reports a lease with TTL 0 this way: it has expired.
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
-                return Ok(0);
+/// One renewal, on a member that answers: `true` while the lease lives, `false` once it has
+/// expired. Each renewal opens a keep-alive stream of its own (etcd-client's opening of it
+/// is the renewal: it sends one request and checks the answer's TTL), so a member that
+/// stops answering holds a renewal for one attempt's deadline and the next attempt goes to
+/// another member. A renewal sent twice is harmless.
+async fn renew(cluster: &EtcdCluster, lease: i64, limit: Duration) -> Result<bool, StoreError> {
+    cluster
+        .members
+        .call(limit, |mut c, _| async move {
+            match c.lease_keep_alive(lease).await {
+                Ok(_) => Ok(true),
+                // etcd-client reports a lease with TTL 0 this way: it has expired.
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((keeper, stream)) = session.as_mut() else {
-        return Err(etcd_client::Error::LeaseKeepAliveError("no session".into()));
-    };
-    keeper.keep_alive().await?;
-    match stream.message().await? {
-        Some(resp) => Ok(resp.ttl()),
-        None => Err(etcd_client::Error::LeaseKeepAliveError(
-            "stream ended".into(),
-        )),
-    }
+        })
+        .await
 }
 
 /// Renews `claim`'s lease until `stop` or until the lease is gone; fences the node while
@@ -431,7 +557,9 @@ async fn keep_alive(
         .fence_at
         .unwrap_or_else(|| Instant::now() + fence_after);
     let mut last_try: Option<Instant> = None;
-    let mut session = None;
+    // After a failed renewal the next comes sooner, as when fenced: an etcd that was
+    // electing a leader answers again within about a second.
+    let mut failed = false;
     let mut tick = tokio::time::interval(timing::LEASE_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -447,7 +575,7 @@ async fn keep_alive(
         }
         let due = match last_try {
             None => true,
-            Some(t) if node.lease_lost() => t.elapsed() >= timing::FENCED_RENEW_EVERY,
+            Some(t) if node.lease_lost() || failed => t.elapsed() >= timing::FENCED_RENEW_EVERY,
             Some(t) => t.elapsed() >= every,
         };
         if !due {
@@ -455,10 +583,10 @@ async fn keep_alive(
         }
         let sent = Instant::now();
         last_try = Some(sent);
-        let renewed = renew(cluster, &mut session, claim.lease);
-        match tokio::time::timeout(timing::renewal_deadline(ttl_s), renewed).await {
-            Ok(Ok(left)) if left > 0 => {
+        match renew(cluster, claim.lease, timing::renewal_deadline(ttl_s)).await {
+            Ok(true) => {
                 fence_at = sent + fence_after;
+                failed = false;
                 if node.lease_lost() {
                     tracing::info!("worker lease renewed again");
                     node.set_lease_lost(false);
@@ -466,18 +594,22 @@ async fn keep_alive(
                 match cluster.heartbeat(claim).await {
                     Ok(()) => {}
                     Err(WorkerError::NotHeld(_)) => {
+                        // Another owner may hold the ID: fenced at once.
                         cluster.revoke(claim.lease).await;
-                        return Ended::Expired;
+                        return Ended::Expired {
+                            fence_at: Instant::now(),
+                        };
                     }
                     Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
                 }
             }
-            Ok(Ok(_)) => return Ended::Expired,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "lease renewal failed");
-                session = None;
+            Ok(false) => {
+                return Ended::Expired { fence_at };
             }
-            Err(_) => session = None,
+            Err(e) => {
+                tracing::debug!(error = %e, "lease renewal failed");
+                failed = true;
+            }
         }
     }
 }

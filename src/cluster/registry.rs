@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
 
 use super::{ClusterView, NodeInfo};
 use crate::clock::Clock;
-use crate::store::etcd::{Keys, unavailable};
-use crate::store::{StoreError, bounded};
+use crate::store::StoreError;
+use crate::store::etcd::{Keys, Members};
 
 /// Who this node is, as its registry entry says.
 #[derive(Clone, Debug)]
@@ -26,7 +26,7 @@ pub struct Identity {
 
 /// This node's entry and the registry as etcd holds it.
 pub struct NodeRegistry {
-    client: Client,
+    members: Members,
     keys: Keys,
     timeout: Duration,
     me: Identity,
@@ -37,14 +37,14 @@ pub struct NodeRegistry {
 
 impl NodeRegistry {
     pub fn new(
-        client: Client,
+        members: Members,
         keys: Keys,
         me: Identity,
         clock: Arc<dyn Clock>,
         timeout: Duration,
     ) -> NodeRegistry {
         NodeRegistry {
-            client,
+            members,
             keys,
             timeout,
             me,
@@ -88,15 +88,14 @@ impl NodeRegistry {
 impl ClusterView for NodeRegistry {
     /// Every node holding a worker ID, of every datacenter, by datacenter and worker ID.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {
-        let mut client = self.client.clone();
         let prefix = self.keys.workers();
-        let resp = bounded(self.timeout, async {
-            client
-                .get(prefix, Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(unavailable)
-        })
-        .await?;
+        let prefix = prefix.as_str();
+        let resp = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                Ok(c.get(prefix, Some(GetOptions::new().with_prefix())).await?)
+            })
+            .await?;
         let mut nodes: Vec<NodeInfo> = resp
             .kvs()
             .iter()

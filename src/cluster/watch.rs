@@ -3,17 +3,24 @@
 //! prefix registry) equal to etcd's `prefixes/`: a full read, then a watch from the next
 //! revision; any break in the watch means a full read again. Keys come from the store's
 //! [`Keys`], so the watch listens exactly where the store writes.
+//!
+//! A watch on a member that stops answering (frozen, its TCP connection still open) would
+//! wait silently for ever: so the watch asks its member for a progress report every
+//! [`timing::WATCH_PROGRESS_EVERY`] (etcd answers even when nothing changed), and a watch
+//! that has heard nothing for [`timing::WATCH_SILENT_FOR`] is given up, its member marked
+//! as not answering, and the configs read and watched again on another member.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::sleep_or_stop;
 use crate::prefix::PrefixConfig;
-use crate::store::etcd::{Keys, unavailable};
-use crate::store::{Revision, Snapshot, StoreError, bounded};
+use crate::store::etcd::{Keys, Members};
+use crate::store::{Revision, Snapshot, StoreError};
 use crate::timing;
 
 /// Why a config from the store was not taken.
@@ -34,14 +41,14 @@ pub trait ConfigSink: Send + Sync + 'static {
 /// Keeps `sink` equal to the configs under `keys`' `prefixes/` until `stop` turns true.
 /// Each read and the start of each watch run under `timeout`.
 pub async fn watch_prefixes(
-    client: Client,
+    members: Members,
     keys: Keys,
     sink: Arc<dyn ConfigSink>,
     timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let revision = match read_all(&client, &keys, sink.as_ref(), timeout).await {
+        let revision = match read_all(&members, &keys, sink.as_ref(), timeout).await {
             Ok(revision) => revision,
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read prefix configs; retrying");
@@ -54,36 +61,44 @@ pub async fn watch_prefixes(
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision + 1);
-        let mut c = client.clone();
-        let started = tokio::time::timeout(timeout, c.watch(keys.prefixes(), Some(opts))).await;
-        let Ok(Ok(stream)) = started else {
+        let dir = keys.prefixes();
+        let started = members
+            .call_on(timeout, |mut c, _, _| {
+                let (dir, opts) = (dir.as_str(), opts.clone());
+                async move { Ok(c.watch(dir, Some(opts)).await?) }
+            })
+            .await;
+        let Ok((stream, member)) = started else {
             if sleep_or_stop(timing::WATCH_RETRY, &mut stop).await {
                 return;
             }
             continue;
         };
-        if follow(stream, &keys, sink.as_ref(), &mut stop).await {
-            return;
+        match follow(stream, &keys, sink.as_ref(), &mut stop).await {
+            Followed::Stopped => return,
+            Followed::Broken => tracing::debug!("prefix watch ended; reading all configs again"),
+            Followed::Silent => {
+                members.not_answering(member, &"the prefix watch heard nothing");
+                tracing::warn!("prefix watch silent; reading and watching again on another member");
+            }
         }
-        tracing::debug!("prefix watch ended; reading all configs again");
     }
 }
 
 /// Hands every config to `sink` in one [`ConfigSink::sync`]; returns the revision read at.
 async fn read_all(
-    client: &Client,
+    members: &Members,
     keys: &Keys,
     sink: &dyn ConfigSink,
     timeout: Duration,
 ) -> Result<i64, StoreError> {
-    let mut c = client.clone();
-    let opts = GetOptions::new().with_prefix();
-    let resp = bounded(timeout, async {
-        c.get(keys.prefixes(), Some(opts))
-            .await
-            .map_err(unavailable)
-    })
-    .await?;
+    let dir = keys.prefixes();
+    let dir = dir.as_str();
+    let resp = members
+        .call(timeout, |mut c, _| async move {
+            Ok(c.get(dir, Some(GetOptions::new().with_prefix())).await?)
+        })
+        .await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let mut all = Snapshot {
         revision: revision.max(0) as Revision,
@@ -109,22 +124,46 @@ fn mod_revision(kv: &KeyValue) -> Revision {
     kv.mod_revision().max(0) as Revision
 }
 
-/// Passes each change on `stream` to `sink` until the watch breaks (`false`) or `stop`
-/// changes (`true`).
+/// How following a watch ended.
+enum Followed {
+    /// `stop` changed.
+    Stopped,
+    /// The watch ended or failed.
+    Broken,
+    /// Nothing came for [`timing::WATCH_SILENT_FOR`], progress requests included.
+    Silent,
+}
+
+/// Passes each change on `stream` to `sink` until the watch breaks, falls silent, or `stop`
+/// changes; asks for a progress report every [`timing::WATCH_PROGRESS_EVERY`] meanwhile.
 async fn follow(
-    mut stream: WatchStream,
+    stream: WatchStream,
     keys: &Keys,
     sink: &dyn ConfigSink,
     stop: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Followed {
+    let (mut ask, mut stream) = stream.split();
+    let mut tick = tokio::time::interval(timing::WATCH_PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = Instant::now();
     loop {
         let msg = tokio::select! {
             msg = stream.message() => msg,
-            _ = stop.changed() => return true,
+            _ = tick.tick() => {
+                if heard.elapsed() > timing::WATCH_SILENT_FOR {
+                    return Followed::Silent;
+                }
+                if ask.request_progress().await.is_err() {
+                    return Followed::Broken;
+                }
+                continue;
+            }
+            _ = stop.changed() => return Followed::Stopped,
         };
+        heard = Instant::now();
         let resp = match msg {
             Ok(Some(resp)) if !resp.canceled() => resp,
-            _ => return false,
+            _ => return Followed::Broken,
         };
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };

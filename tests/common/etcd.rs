@@ -3,6 +3,12 @@
 //! `{name}.log` next to it. Without an `etcd` binary the tests that need
 //! one skip, except on CI (`CI=true`), where a missing tool is a failure.
 //!
+//! [`EtcdCluster::builder`] also makes the cluster production runs: client TLS with
+//! client certificates (`.tls()`: a CA, server and client certificates made with the
+//! `openssl` CLI in the cluster's temp dir) and authentication (`.auth(..)`: a root user,
+//! and a user whose role may only read and write one key prefix, made with `etcdctl`).
+//! [`EtcdCluster::client_args`] gives the `numgen serve` flags that connect as that user.
+//!
 //! The methods block (they spawn, signal and poll the process); they are quick, but a test
 //! that must keep other tasks running meanwhile can call them from `spawn_blocking`. Only
 //! the process started here is ever signalled, by its PID.
@@ -30,6 +36,9 @@ pub struct Member {
     base: PathBuf,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: certificates for the client URL, and a plain-HTTP port for `/health` and
+    /// `/metrics` (the client URL speaks only TLS).
+    tls: Option<TlsMember>,
     /// `--initial-cluster` (every member's peer URL); used on the first start only, etcd
     /// reads the membership from its data dir afterwards.
     initial_cluster: String,
@@ -37,9 +46,25 @@ pub struct Member {
 }
 
 impl Member {
-    /// `http://127.0.0.1:PORT`, the client URL.
+    /// `http://127.0.0.1:PORT` (`https://` with TLS), the client URL.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// Where `/health` and `/metrics` are served over plain HTTP.
+    fn health_addr(&self) -> SocketAddr {
+        let port = self
+            .tls
+            .as_ref()
+            .map_or(self.client_port, |t| t.metrics_port);
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// True when this member says it is the leader (from its metrics).
+    pub fn is_leader(&self) -> bool {
+        get_text(self.health_addr(), "/metrics")
+            .is_some_and(|m| m.lines().any(|l| l.trim() == "etcd_server_is_leader 1"))
     }
 
     pub fn name(&self) -> &str {
@@ -121,8 +146,19 @@ impl Member {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster])
-            .args(["--initial-cluster-token", "numgen-test"])
-            .stdin(Stdio::null())
+            .args(["--initial-cluster-token", "numgen-test"]);
+        if let Some(t) = &self.tls {
+            let metrics = format!("http://127.0.0.1:{}", t.metrics_port);
+            cmd.args(["--listen-metrics-urls", &metrics])
+                .arg("--cert-file")
+                .arg(&t.certs.server_cert)
+                .arg("--key-file")
+                .arg(&t.certs.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.certs.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone().expect("etcd log file"))
             .stderr(log);
         if std::env::consts::ARCH == "aarch64" {
@@ -137,7 +173,7 @@ impl Member {
     /// Waits until the member reports healthy. `Err(Exited)` when it quit meanwhile
     /// (typically: a port was taken); panics when it runs but never turns healthy.
     fn wait_healthy(&mut self) -> Result<(), Exited> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let addr = self.health_addr();
         let deadline = Instant::now() + HEALTHY_WITHIN;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut()
@@ -209,6 +245,10 @@ impl Drop for Member {
 pub struct EtcdCluster {
     // Members before the dir: they must be killed before their data dir goes.
     members: Vec<Member>,
+    /// The certificates, with TLS.
+    certs: Option<Certs>,
+    /// The limited user, with authentication.
+    auth: Option<Auth>,
     _dir: TempDir,
 }
 
@@ -216,6 +256,19 @@ impl EtcdCluster {
     /// Starts `n` members and waits until every one is healthy (a leader is elected);
     /// `None` (after saying so) when etcd is not installed and this is not CI.
     pub fn start(n: usize) -> Option<EtcdCluster> {
+        EtcdCluster::builder().members(n).start()
+    }
+
+    /// A cluster with TLS and authentication as asked (see [`ClusterBuilder`]).
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder {
+            members: 1,
+            tls: false,
+            auth: None,
+        }
+    }
+
+    fn launch(n: usize, tls: bool) -> Option<EtcdCluster> {
         assert!(n >= 1, "a cluster has at least one member");
         let Some(binary) = find_etcd() else {
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -231,9 +284,10 @@ impl EtcdCluster {
             tempfile::tempdir()
         }
         .expect("temp dir for etcd");
+        let certs = tls.then(|| Certs::make(dir.path()));
         let mut last_log = String::new();
         for attempt in 1..=PORT_ATTEMPTS {
-            let ports = free_ports(2 * n);
+            let ports = free_ports(3 * n);
             // A fresh name per attempt, so that a failed attempt's data dir is not reused.
             let name = |i: usize| {
                 if attempt == 1 {
@@ -253,13 +307,22 @@ impl EtcdCluster {
                     base: dir.path().to_path_buf(),
                     client_port: ports[2 * i],
                     peer_port: ports[2 * i + 1],
+                    tls: certs.clone().map(|certs| TlsMember {
+                        certs,
+                        metrics_port: ports[2 * n + i],
+                    }),
                     initial_cluster: initial_cluster.clone(),
                     child: None,
                 })
                 .collect();
             let spawned = members.iter_mut().all(|m| m.spawn().is_ok());
             if spawned && members.iter_mut().all(|m| m.wait_healthy().is_ok()) {
-                return Some(EtcdCluster { members, _dir: dir });
+                return Some(EtcdCluster {
+                    members,
+                    certs,
+                    auth: None,
+                    _dir: dir,
+                });
             }
             last_log = members
                 .iter()
@@ -294,6 +357,13 @@ impl EtcdCluster {
     /// The index of the current leader, as the running members report it; `None` when no
     /// running member names a leader that is one of us.
     pub fn leader(&self) -> Option<usize> {
+        if self.certs.is_some() {
+            // The client URL speaks TLS only: ask each member's metrics instead.
+            return self
+                .members
+                .iter()
+                .position(|m| m.is_running() && m.is_leader());
+        }
         let ids: Vec<Option<(u64, u64)>> = self
             .members
             .iter()
@@ -330,6 +400,275 @@ impl EtcdCluster {
             m.resume();
         }
     }
+}
+
+/// How to start an [`EtcdCluster`]: `EtcdCluster::builder().members(3).tls().auth(..)`.
+pub struct ClusterBuilder {
+    members: usize,
+    tls: bool,
+    auth: Option<Auth>,
+}
+
+impl ClusterBuilder {
+    pub fn members(mut self, n: usize) -> Self {
+        self.members = n;
+        self
+    }
+
+    /// Client URLs over TLS with client-certificate authentication (`--client-cert-auth`):
+    /// a client needs [`EtcdCluster::ca_file`] and a certificate the CA signed.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Authentication on, with a `root` user and `user`, whose role may only read and
+    /// write keys under `prefix`.
+    pub fn auth(mut self, user: &str, password: &str, prefix: &str) -> Self {
+        self.auth = Some(Auth {
+            user: user.to_string(),
+            password: password.to_string(),
+            prefix: prefix.to_string(),
+            root_password: "root-secret".to_string(),
+        });
+        self
+    }
+
+    /// Starts the cluster (see [`EtcdCluster::start`]) and sets up its users.
+    pub fn start(self) -> Option<EtcdCluster> {
+        let mut cluster = EtcdCluster::launch(self.members, self.tls)?;
+        if let Some(auth) = self.auth {
+            cluster.enable_auth(&auth);
+            cluster.auth = Some(auth);
+        }
+        Some(cluster)
+    }
+}
+
+/// The limited user of a cluster with authentication.
+#[derive(Clone, Debug)]
+pub struct Auth {
+    pub user: String,
+    pub password: String,
+    /// The only keys the user's role may read and write.
+    pub prefix: String,
+    pub root_password: String,
+}
+
+/// The certificates of a cluster with TLS, all signed by one CA made for it; and a
+/// second CA that signed nothing of the cluster's (for tests of a wrong CA).
+#[derive(Clone, Debug)]
+pub struct Certs {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub other_ca: PathBuf,
+}
+
+/// A member's TLS settings.
+struct TlsMember {
+    certs: Certs,
+    metrics_port: u16,
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its output when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl (needed for etcd TLS tests): {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Certs {
+    /// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate,
+    /// as PEM files in `dir` (P-256 keys, valid for two days).
+    fn make(dir: &Path) -> Certs {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=numgen-test-{ca}"),
+            );
+            let mut args = vec![
+                "req", "-x509", "-days", "2", "-keyout", &key, "-out", &pem, "-subj", &subj,
+            ];
+            args.extend(ec);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(dir, &args);
+        }
+        let leafs = [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ];
+        for (name, ext) in leafs {
+            let (key, csr, pem, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.join(&extfile), ext).expect("write an openssl extension file");
+            let subj = format!("/CN=numgen-test-{name}");
+            let mut args = vec!["req", "-new", "-keyout", &key, "-out", &csr, "-subj", &subj];
+            args.extend(ec);
+            openssl(dir, &args);
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-out",
+                    &pem,
+                    "-extfile",
+                    &extfile,
+                ],
+            );
+        }
+        Certs {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+            other_ca: dir.join("other-ca.pem"),
+        }
+    }
+}
+
+impl EtcdCluster {
+    /// The certificates, when the cluster has TLS.
+    pub fn certs(&self) -> Option<&Certs> {
+        self.certs.as_ref()
+    }
+
+    /// The limited user, when the cluster has authentication.
+    pub fn auth(&self) -> Option<&Auth> {
+        self.auth.as_ref()
+    }
+
+    /// The `numgen serve` flags that reach this cluster: the endpoints, and the CA, client
+    /// certificate and limited user when it has them.
+    pub fn client_args(&self) -> Vec<String> {
+        let mut args = vec!["--etcd-endpoints".to_string(), self.endpoints()];
+        if let Some(c) = &self.certs {
+            for (flag, path) in [
+                ("--etcd-ca-file", &c.ca),
+                ("--etcd-cert-file", &c.client_cert),
+                ("--etcd-key-file", &c.client_key),
+            ] {
+                args.push(flag.to_string());
+                args.push(path.display().to_string());
+            }
+        }
+        if let Some(a) = &self.auth {
+            args.extend([
+                "--etcd-username".to_string(),
+                a.user.clone(),
+                "--etcd-password".to_string(),
+                a.password.clone(),
+            ]);
+        }
+        args
+    }
+
+    /// Runs `etcdctl` (API v3) against this cluster with `args`, as `user` (`user:password`,
+    /// or none); its standard output, or its error output as the error.
+    pub fn etcdctl(&self, user: Option<&str>, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("etcdctl");
+        cmd.env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(self.endpoints())
+            .args(["--dial-timeout", "5s", "--command-timeout", "10s"]);
+        if let Some(c) = &self.certs {
+            cmd.arg("--cacert").arg(&c.ca);
+            cmd.arg("--cert").arg(&c.client_cert);
+            cmd.arg("--key").arg(&c.client_key);
+        }
+        if let Some(u) = user {
+            cmd.arg("--user").arg(u);
+        }
+        let out = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run etcdctl: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// The users and role of [`ClusterBuilder::auth`], then `auth enable`. The role gets
+    /// `readwrite` on the prefix and nothing else: that is all numgen needs (leases need no
+    /// permission of their own; revoking one needs write access to the keys it holds).
+    fn enable_auth(&self, a: &Auth) {
+        let root = format!("root:{}", a.root_password);
+        let user = format!("{}:{}", a.user, a.password);
+        let steps: [&[&str]; 7] = [
+            &["user", "add", &root],
+            &["user", "grant-role", "root", "root"],
+            &["user", "add", &user],
+            &["role", "add", &a.user],
+            &[
+                "role",
+                "grant-permission",
+                &a.user,
+                "readwrite",
+                &a.prefix,
+                "--prefix=true",
+            ],
+            &["user", "grant-role", &a.user, &a.user],
+            &["auth", "enable"],
+        ];
+        for step in steps {
+            if let Err(e) = self.etcdctl(None, step) {
+                panic!("etcdctl {step:?} failed: {e}");
+            }
+        }
+    }
+}
+
+/// The body of `GET path` over plain HTTP/1.0; `None` on any failure or after a second.
+fn get_text(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).ok()?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    conn.write_all(req.as_bytes()).ok()?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).ok()?;
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
+    ok.then(|| body.to_owned())
 }
 
 /// A single-member etcd: the common case.

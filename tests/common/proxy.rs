@@ -9,7 +9,9 @@
 //! so a connection that outlives the cut carries on intact, as a real one would after
 //! retransmission. A client that gives up on a silent connection closes it; the proxy
 //! closes the other side when traffic flows again. [`Proxy::reset`] closes every open
-//! connection at once (a crashed middlebox, a refused connection).
+//! connection at once (a crashed middlebox, a refused connection). [`Proxy::hold_replies`]
+//! cuts one direction only: requests reach the upstream, its answers are held until
+//! [`Proxy::restore`] (a request that takes effect while its answer is lost).
 
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
@@ -34,6 +36,17 @@ struct State {
     delay: Duration,
     /// Bumped by `reset`: pumps of an older generation close their connection.
     generation: u64,
+    /// Upstream-to-client bytes are held (requests still pass).
+    replies_held: bool,
+    /// Added to upstream-to-client bytes only, on top of `delay`.
+    reply_delay: Duration,
+}
+
+impl State {
+    /// True when bytes going this way (`to_client`: from the upstream) may pass.
+    fn open(&self, to_client: bool) -> bool {
+        self.mode == Mode::Pass && !(to_client && self.replies_held)
+    }
 }
 
 struct Shared {
@@ -54,13 +67,13 @@ impl Shared {
 
     /// Blocks while the proxy is cut; `false` when this connection's generation was reset
     /// or the proxy stopped meanwhile.
-    fn wait_open(&self, generation: u64) -> bool {
+    fn wait_open(&self, generation: u64, to_client: bool) -> bool {
         let mut st = self.state();
         loop {
             if self.stopped.load(Ordering::Relaxed) || st.generation != generation {
                 return false;
             }
-            if st.mode == Mode::Pass {
+            if st.open(to_client) {
                 return true;
             }
             st = self
@@ -97,6 +110,8 @@ impl Proxy {
                 mode: Mode::Pass,
                 delay: Duration::ZERO,
                 generation: 0,
+                replies_held: false,
+                reply_delay: Duration::ZERO,
             }),
             changed: Condvar::new(),
             stopped: AtomicBool::new(false),
@@ -139,9 +154,24 @@ impl Proxy {
         self.set(|st| st.mode = Mode::Cut);
     }
 
-    /// Lets traffic flow again (a cut heals; the delay stays as set).
+    /// Lets traffic flow again (a cut heals, held replies go; the delay stays as set).
     pub fn restore(&self) {
-        self.set(|st| st.mode = Mode::Pass);
+        self.set(|st| {
+            st.mode = Mode::Pass;
+            st.replies_held = false;
+        });
+    }
+
+    /// Delays only what the upstream sends by `delay` (on top of [`Proxy::set_delay`]):
+    /// requests arrive at once, their answers late.
+    pub fn set_reply_delay(&self, delay: Duration) {
+        self.set(|st| st.reply_delay = delay);
+    }
+
+    /// Holds everything the upstream sends (on open and new connections) while requests
+    /// still reach it: a request takes effect, its answer does not arrive.
+    pub fn hold_replies(&self) {
+        self.set(|st| st.replies_held = true);
     }
 
     /// Adds `each_way` to every byte's trip in each direction (round trip + 2 × each_way).
@@ -209,7 +239,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
         }
         let ended = Arc::new(AtomicU64::new(0));
-        for (from, to) in [(&client, &server), (&server, &client)] {
+        for (from, to, to_client) in [(&client, &server, false), (&server, &client, true)] {
             let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
                 continue;
             };
@@ -218,7 +248,7 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let _ = thread::Builder::new()
                 .name(format!("proxy-pump-{id}"))
                 .spawn(move || {
-                    pump(from, to, &s, generation);
+                    pump(from, to, &s, generation, to_client);
                     // The second pump of a connection to end drops its sockets from the list.
                     if ended.fetch_add(1, Ordering::AcqRel) == 1 {
                         forget(&s, id);
@@ -233,7 +263,13 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 /// Chunks read and not yet written, each with the time it is due (`None`: end of stream).
 type Chunks = VecDeque<(Instant, Option<Vec<u8>>)>;
 
-fn pump(from: TcpStream, mut to: TcpStream, shared: &Arc<Shared>, generation: u64) {
+fn pump(
+    from: TcpStream,
+    mut to: TcpStream,
+    shared: &Arc<Shared>,
+    generation: u64,
+    to_client: bool,
+) {
     let queue: Arc<(Mutex<Chunks>, Condvar)> =
         Arc::new((Mutex::new(VecDeque::new()), Condvar::new()));
     let reader = {
@@ -249,8 +285,8 @@ fn pump(from: TcpStream, mut to: TcpStream, shared: &Arc<Shared>, generation: u6
                 }
                 // While cut, read nothing: the sender's bytes back up in the kernel, like
                 // packets that never arrive.
-                if shared.state().mode == Mode::Cut {
-                    if !shared.wait_open(generation) {
+                if !shared.state().open(to_client) {
+                    if !shared.wait_open(generation, to_client) {
                         return;
                     }
                     continue;
@@ -263,7 +299,16 @@ fn pump(from: TcpStream, mut to: TcpStream, shared: &Arc<Shared>, generation: u6
                     }
                     Err(_) => None,
                 };
-                let due = Instant::now() + shared.state().delay;
+                let due = {
+                    let st = shared.state();
+                    Instant::now()
+                        + st.delay
+                        + if to_client {
+                            st.reply_delay
+                        } else {
+                            Duration::ZERO
+                        }
+                };
                 let end = chunk.is_none();
                 let (q, cv) = &*queue;
                 q.lock()
@@ -303,7 +348,7 @@ fn pump(from: TcpStream, mut to: TcpStream, shared: &Arc<Shared>, generation: u6
             }
         };
         let Some((_, chunk)) = next else { break };
-        if !shared.wait_open(generation) {
+        if !shared.wait_open(generation, to_client) {
             break;
         }
         match chunk {

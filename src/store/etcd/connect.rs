@@ -1,88 +1,162 @@
-//! Connecting to etcd: the client's timeouts and keep-alives (from `crate::timing`),
-//! authentication, and TLS from the configured certificate files.
+//! Connecting to one etcd cluster from its settings: the client options (timeouts and
+//! keep-alives from `crate::timing`, authentication, TLS from the certificate files), one
+//! client per member ([`Members`]), and a first request that turns a wrong password, CA or
+//! certificate into an error naming its setting. Everything that needs etcd connects here,
+//! so a second etcd tier connects the same way with its own [`EtcdConfig`].
 
-use std::path::Path;
+use etcd_client::{Client, ConnectOptions};
+use tokio::task::JoinSet;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
-
-use super::unavailable;
-use crate::config::EtcdConfig;
-use crate::store::{StoreError, bounded};
+use super::members::Members;
+use super::tls;
+use crate::config::{ConfigError, EtcdConfig};
+use crate::store::StoreError;
 use crate::timing::{
     CONNECT_DEADLINE, CONNECT_TIMEOUT, KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT, TCP_KEEPALIVE,
 };
 
-/// A client on the configured endpoints. Certificate files are read here, and with a user
-/// name the client authenticates here, so a wrong password or a missing file fails at
-/// start-up. Without authentication the connection itself is made on the first call: a
-/// dead etcd then shows up as the first call's `Timeout` or `Unavailable`.
-pub async fn client(cfg: &EtcdConfig) -> Result<Client, StoreError> {
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A setting is wrong: a password, a CA, a certificate, an endpoint's scheme.
+    #[error(transparent)]
+    Setting(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ConnectError> for StoreError {
+    fn from(e: ConnectError) -> StoreError {
+        match e {
+            ConnectError::Setting(e) => StoreError::Unavailable(e.to_string()),
+            ConnectError::Store(e) => e,
+        }
+    }
+}
+
+/// The client options for `cfg`. Certificate files are read here, so a missing one fails
+/// at start-up. The user and password are not among them: [`Members`] logs each member's
+/// client in before its first call, so that making a client needs no I/O.
+async fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, ConfigError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
         .with_keep_alive_while_idle(false)
-        .with_tcp_keepalive(TCP_KEEPALIVE);
-    if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
-        // etcd's auth tokens expire (5 minutes by default); refresh them instead of
-        // failing every call after that.
-        options = options
-            .with_user(user.clone(), password.expose())
-            .with_auto_token_refresh(true);
+        .with_tcp_keepalive(TCP_KEEPALIVE)
+        // A member without a leader (cut off from the others) refuses at once, so the call
+        // moves on to a member that has one instead of waiting for its deadline.
+        .with_require_leader(true)
+        // etcd's auth tokens expire (5 minutes by default); log in again instead of failing
+        // every call after that (it applies once a client has credentials).
+        .with_auto_token_refresh(true);
+    if tls::wanted(cfg) {
+        options = options.with_tls(tls::options(cfg).await?);
     }
-    let tls = wants_tls(cfg);
-    if tls {
-        options = options.with_tls(tls_options(cfg).await?);
+    Ok(options)
+}
+
+/// What a failed login or first request says about the settings: a wrong user or
+/// password, or a TLS problem; `None` when it says nothing about them (a member down).
+fn misconfigured(cfg: &EtcdConfig, endpoint: &str, e: &etcd_client::Error) -> Option<ConfigError> {
+    let bad = |key: &str, message: String| ConfigError {
+        key: key.to_string(),
+        message,
+    };
+    if let etcd_client::Error::GRpcStatus(s) = e {
+        let said = s.message();
+        let user = cfg.username.as_deref().unwrap_or("");
+        if said.contains("authentication failed") {
+            return Some(bad(
+                "etcd_password",
+                format!("etcd at {endpoint} refused user '{user}' with this password ({said})"),
+            ));
+        }
+        if said.contains("authentication is not enabled") {
+            return Some(bad(
+                "etcd_username",
+                format!(
+                    "etcd at {endpoint} has authentication disabled; remove etcd_username and etcd_password ({said})"
+                ),
+            ));
+        }
     }
+    tls::misconfigured(cfg, endpoint, &tls::full_text(e))
+}
+
+/// How often [`connect`] asks a member before taking its failure as the member's state.
+const FIRST_ASKS: u32 = 3;
+
+const FIRST_ASK_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Member `i`'s status, asked up to [`FIRST_ASKS`] times while the failure names no
+/// setting: with TLS 1.3 the server judges the client certificate after the client has
+/// finished its handshake, so the first request on a refused connection only sees it
+/// cancelled, and the next one sees the alert (`BadCertificate`) that names the setting.
+/// `Err` carries the setting when one is wrong.
+async fn first_answer(
+    cfg: &EtcdConfig,
+    members: &Members,
+    i: usize,
+) -> Result<(), Option<ConfigError>> {
+    for asked in 1..=FIRST_ASKS {
+        match members.probe(i, CONNECT_TIMEOUT).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if let Some(bad) = misconfigured(cfg, &cfg.endpoints[i], &e) {
+                    return Err(Some(bad));
+                }
+            }
+        }
+        if asked < FIRST_ASKS {
+            tokio::time::sleep(FIRST_ASK_PAUSE).await;
+        }
+    }
+    Err(None)
+}
+
+/// A client per member of `cfg`'s cluster, in the order listed (the first is preferred
+/// at first). Every member is asked for its status at once (after logging in, with a user);
+/// this returns as soon as one answers, or when every one has failed or
+/// [`CONNECT_DEADLINE`] has passed. A failure that names a setting (a wrong password, CA
+/// or certificate) is the error; a cluster that is merely down is not (its first call
+/// says so), and members that do not answer yet are logged in when they do.
+pub async fn connect(cfg: &EtcdConfig) -> Result<Members, ConnectError> {
+    let options = options(cfg).await?;
     tracing::info!(
         endpoints = ?cfg.endpoints,
         root = %cfg.root,
-        tls,
+        tls = tls::wanted(cfg),
         user = cfg.username.as_deref().unwrap_or(""),
         "connecting to etcd"
     );
-    bounded(CONNECT_DEADLINE, async {
-        Client::connect(&cfg.endpoints, Some(options))
+    let mut clients = Vec::with_capacity(cfg.endpoints.len());
+    for endpoint in &cfg.endpoints {
+        // No I/O yet: the channel connects on its first request.
+        let client = Client::connect([endpoint.as_str()], Some(options.clone()))
             .await
-            .map_err(unavailable)
-    })
-    .await
-}
-
-/// TLS when an endpoint says `https://`, or when certificates are configured and no
-/// endpoint says `http://` (a bare `host:port` then means https). Mixing the two schemes is
-/// refused by the client.
-fn wants_tls(cfg: &EtcdConfig) -> bool {
-    let https = cfg.endpoints.iter().any(|e| e.starts_with("https://"));
-    let http = cfg.endpoints.iter().any(|e| e.starts_with("http://"));
-    https || (!http && (cfg.ca_file.is_some() || cfg.cert_file.is_some()))
-}
-
-async fn read_pem(setting: &str, path: &Path) -> Result<Vec<u8>, StoreError> {
-    tokio::fs::read(path).await.map_err(|e| {
-        StoreError::Unavailable(format!("cannot read {setting} {}: {e}", path.display()))
-    })
-}
-
-async fn tls_options(cfg: &EtcdConfig) -> Result<TlsOptions, StoreError> {
-    // This build carries no system CA roots (etcd-client's `tls` feature does not enable
-    // them), and etcd clusters are normally signed by a private CA anyway: without a CA
-    // file no server certificate could be verified, so say so now rather than fail every
-    // call with a handshake error.
-    let Some(ca_file) = &cfg.ca_file else {
-        return Err(StoreError::Unavailable(
-            "https etcd endpoints need etcd_ca_file (the CA that signed the etcd certificates)"
-                .into(),
-        ));
-    };
-    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(
-        read_pem("etcd_ca_file", ca_file).await?,
-    ));
-    if let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) {
-        let cert = read_pem("etcd_cert_file", cert).await?;
-        let key = read_pem("etcd_key_file", key).await?;
-        tls = tls.identity(Identity::from_pem(cert, key));
+            .map_err(|e| ConfigError {
+                key: "etcd_endpoints".into(),
+                message: format!("{endpoint}: {e}"),
+            })?;
+        clients.push((endpoint.clone(), client));
     }
-    Ok(tls)
+    let login = cfg.username.clone().zip(cfg.password.clone());
+    let members = Members::new(clients, login);
+    let mut asks = JoinSet::new();
+    for i in 0..members.len() {
+        let m = members.clone();
+        let cfg = cfg.clone();
+        asks.spawn(async move { first_answer(&cfg, &m, i).await });
+    }
+    let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, asks.join_next()).await {
+        match joined {
+            Ok(Ok(())) => break,
+            Ok(Err(Some(bad))) => return Err(bad.into()),
+            Ok(Err(None)) | Err(_) => {}
+        }
+    }
+    Ok(members)
 }
 
 #[cfg(test)]
@@ -101,31 +175,45 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn https_without_a_ca_file_is_a_setting_error() {
+        match connect(&cfg(&["https://127.0.0.1:1"])).await {
+            Err(ConnectError::Setting(e)) => assert_eq!(e.key, "etcd_ca_file"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cluster_that_is_down_is_no_setting_error() {
+        // Nothing listens on port 1: the members are made, the first call would fail.
+        let members = connect(&cfg(&["http://127.0.0.1:1", "http://127.0.0.1:2"]))
+            .await
+            .unwrap();
+        assert_eq!(members.endpoints().count(), 2);
+    }
+
     #[test]
-    fn tls_follows_the_endpoints() {
-        assert!(!wants_tls(&cfg(&["http://a:2379"])));
-        assert!(wants_tls(&cfg(&["https://a:2379"])));
-        assert!(!wants_tls(&cfg(&["a:2379"])));
-        let mut with_ca = cfg(&["a:2379"]);
-        with_ca.ca_file = Some("ca.pem".into());
-        assert!(wants_tls(&with_ca));
-        with_ca.endpoints = vec!["http://a:2379".into()];
-        assert!(!wants_tls(&with_ca));
-    }
-
-    #[tokio::test]
-    async fn https_without_a_ca_file_is_refused_at_connect() {
-        let err = client(&cfg(&["https://127.0.0.1:1"])).await.err().unwrap();
-        assert!(err.to_string().contains("etcd_ca_file"), "{err}");
-        let mut missing = cfg(&["https://127.0.0.1:1"]);
-        missing.ca_file = Some("/nonexistent/ca.pem".into());
-        let err = client(&missing).await.err().unwrap();
-        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn a_plain_endpoint_connects_lazily() {
-        // Nothing listens on port 1: the client is made, the first call would fail.
-        assert!(client(&cfg(&["http://127.0.0.1:1"])).await.is_ok());
+    fn refusals_of_the_user_name_the_password_or_user() {
+        let mut c = cfg(&["http://e:1"]);
+        c.username = Some("numgen".into());
+        let status = |m: &str| {
+            etcd_client::Error::GRpcStatus(tonic::Status::invalid_argument(m.to_string()))
+        };
+        let e = misconfigured(
+            &c,
+            "http://e:1",
+            &status("etcdserver: authentication failed, invalid user ID or password"),
+        )
+        .unwrap();
+        assert_eq!(e.key, "etcd_password");
+        assert!(e.message.contains("'numgen'"), "{e}");
+        let e = misconfigured(
+            &c,
+            "http://e:1",
+            &status("etcdserver: authentication is not enabled"),
+        )
+        .unwrap();
+        assert_eq!(e.key, "etcd_username");
+        assert!(misconfigured(&c, "http://e:1", &status("etcdserver: no leader")).is_none());
     }
 }

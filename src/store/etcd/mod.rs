@@ -1,22 +1,30 @@
 //! The etcd store for cluster mode: the same [`Store`] contract as the embedded store, kept in
 //! etcd so that every node sees the same prefix configs and sequence counters. Every key
 //! comes from [`Keys`] (the whole scheme, SPEC section 5); the connection and its security
-//! are made in `connect`.
+//! are made in `connect` and `tls`, and every call goes through [`Members`], which makes it
+//! on a member that answers.
 //!
 //! Every read-modify-write is one etcd transaction guarded on what was read (its
 //! `mod_revision`, or `create_revision == 0` for a key not yet written), retried when another
 //! node wrote in between. That makes each call atomic across the cluster, like one redb write
-//! transaction is on one node. Every call runs under the store deadline, so a stopped or
-//! partitioned etcd shows up as [`StoreError::Timeout`] rather than a hung request.
+//! transaction is on one node, and makes it safe to send again to another member when the
+//! first one does not answer (see `members`). Every call runs under the store deadline, so a
+//! stopped or partitioned etcd shows up as [`StoreError::Timeout`] rather than a hung request.
 //!
 //! The worker IDs' high timestamps are not the store's: the worker-ID source writes them,
 //! guarded on its lease (`cluster::lease`).
 
 mod connect;
 mod keys;
+mod members;
+mod tls;
 
+pub use connect::{ConnectError, connect};
 pub use keys::Keys;
+pub use members::{Failure, Members, member_trouble};
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,7 +35,7 @@ use etcd_client::{
 
 use super::{
     AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
-    Store, StoreError, Written, bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
+    Store, StoreError, Written, next_block, parse_bound_reset, plan_write, reset_to_bind,
 };
 use crate::config::EtcdConfig;
 use crate::prefix::PrefixConfig;
@@ -72,6 +80,7 @@ fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Revision {
 }
 
 /// A key as last seen: its value, and the revision a conditional write is guarded on.
+#[derive(Clone, Debug)]
 struct Seen {
     value: Option<Vec<u8>>,
     /// The key's `mod_revision`; 0 when it does not exist.
@@ -103,29 +112,30 @@ fn unchanged(key: &str, revision: i64) -> Compare {
     }
 }
 
-async fn read(kv: &mut KvClient, key: &str) -> Result<Seen, StoreError> {
-    let resp = kv.get(key, None).await.map_err(unavailable)?;
+async fn read(kv: &mut KvClient, key: &str) -> Result<Seen, Failure> {
+    let resp = kv.get(key, None).await?;
     Ok(Seen::from_kvs(resp.kvs()))
 }
 
 /// Puts `value` at `key` when the key is still at `revision` (0: absent). On a lost race the
 /// same transaction reads the key back, so the caller can retry without another round trip:
-/// `Ok(None)` when written, `Ok(Some(now))` when not.
+/// `Ok(Ok(revision))` with the put's revision when written, `Ok(Err(now))` when not.
 async fn put_if_unchanged(
     kv: &mut KvClient,
     key: &str,
     revision: i64,
     value: impl Into<Vec<u8>>,
-) -> Result<Option<Seen>, StoreError> {
+) -> Result<Result<i64, Seen>, Failure> {
     let txn = Txn::new()
         .when([unchanged(key, revision)])
         .and_then([TxnOp::put(key, value, None)])
         .or_else([TxnOp::get(key, None)]);
-    let resp = kv.txn(txn).await.map_err(unavailable)?;
+    let resp = kv.txn(txn).await?;
     if resp.succeeded() {
-        return Ok(None);
+        // One put in the transaction: the revision it made is the put's mod_revision.
+        return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
     }
-    Ok(Some(seen_in(&resp.op_responses())))
+    Ok(Err(seen_in(&resp.op_responses())))
 }
 
 /// The key read by the first get among `responses` (a read, or the `or_else` branch of a
@@ -181,13 +191,20 @@ fn append_audit(
     Ok((unchanged(&at, 0), ops))
 }
 
-/// The etcd backend. Cheap to clone: the etcd-client `Client` is a handle on one shared
-/// connection pool.
+/// How many sequence counters' last known state [`EtcdStore`] keeps before it starts over
+/// (each is a key and two numbers; counters of old periods are not used again).
+const KNOWN_COUNTERS: usize = 4096;
+
+/// The etcd backend. Cheap to clone: the members' clients are handles on shared
+/// connections, and the counters' last known state is shared.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    members: Members,
     keys: Keys,
     timeout: Duration,
+    /// Each sequence counter as this store last wrote or saw it, so that the next
+    /// reservation is one guarded transaction (no read first) when nobody else wrote.
+    counters: Arc<Mutex<HashMap<String, Seen>>>,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -195,26 +212,30 @@ impl std::fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("root", &self.keys.root())
             .field("timeout", &self.timeout)
+            .field("members", &self.members)
             .finish_non_exhaustive()
     }
 }
 
 impl EtcdStore {
-    /// Connects to the configured endpoints (see `connect::client`).
+    /// Connects to the configured endpoints (see [`connect`]).
     pub async fn connect(cfg: &EtcdConfig) -> Result<EtcdStore, StoreError> {
-        Ok(EtcdStore::from_client(
-            connect::client(cfg).await?,
-            &cfg.root,
-        ))
+        Ok(EtcdStore::new(connect(cfg).await?, &cfg.root))
     }
 
-    /// A store on an existing client, with its keys under `root`.
-    pub fn from_client(client: Client, root: &str) -> EtcdStore {
+    /// A store on `members`, with its keys under `root`.
+    pub fn new(members: Members, root: &str) -> EtcdStore {
         EtcdStore {
-            client,
+            members,
             keys: Keys::new(root),
             timeout: DEFAULT_TIMEOUT,
+            counters: Arc::default(),
         }
+    }
+
+    /// A store on an existing client (one member), with its keys under `root`.
+    pub fn from_client(client: Client, root: &str) -> EtcdStore {
+        EtcdStore::new(Members::from(client), root)
     }
 
     /// Sets the deadline of every call.
@@ -223,19 +244,20 @@ impl EtcdStore {
         self
     }
 
-    /// The underlying client, for the parts of cluster mode that need more than the store
-    /// (leases, worker registration).
+    /// The members every call goes to, for the parts of cluster mode that need more than
+    /// the store (leases, worker registration, the config watch).
+    pub fn members(&self) -> &Members {
+        &self.members
+    }
+
+    /// The preferred member's client, for tests and tools (calls on it stay on it).
     pub fn client(&self) -> Client {
-        self.client.clone()
+        self.members.client()
     }
 
     /// Where every key lives.
     pub fn keys(&self) -> &Keys {
         &self.keys
-    }
-
-    fn kv(&self) -> KvClient {
-        self.client.kv_client()
     }
 
     /// The value at `key` read by `parse` (which names `key` in its error); `None` when
@@ -245,11 +267,27 @@ impl EtcdStore {
         key: &str,
         parse: impl Fn(&str, &[u8]) -> Result<T, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        bounded(self.timeout, async {
-            let seen = read(&mut self.kv(), key).await?;
-            seen.value.map(|v| parse(key, &v)).transpose()
-        })
-        .await
+        let seen = self
+            .members
+            .call(self.timeout, |c, _| async move {
+                read(&mut c.kv_client(), key).await
+            })
+            .await?;
+        seen.value.map(|v| parse(key, &v)).transpose()
+    }
+
+    /// What this store last knew of counter `key`.
+    fn known(&self, key: &str) -> Option<Seen> {
+        let known = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(key).cloned()
+    }
+
+    fn learn(&self, key: &str, seen: Seen) {
+        let mut known = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KNOWN_COUNTERS && !known.contains_key(key) {
+            known.clear();
+        }
+        known.insert(key.to_string(), seen);
     }
 }
 
@@ -257,56 +295,56 @@ impl EtcdStore {
 impl Store for EtcdStore {
     async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
         let dir = self.keys.prefixes();
-        bounded(self.timeout, async {
-            let resp = self
-                .kv()
-                .get(dir.as_str(), Some(GetOptions::new().with_prefix()))
-                .await
-                .map_err(unavailable)?;
-            let mut configs = Vec::with_capacity(resp.kvs().len());
-            for kv in resp.kvs() {
-                let full = kv.key_str().map_err(|e| corrupt(&dir, e))?;
-                // Only direct children are configs; anything deeper is not ours to read.
-                if let Some(name) = self.keys.prefix_name(full) {
-                    let revision = kv.mod_revision() as Revision;
-                    configs.push((name.to_string(), decode(full, kv.value())?, revision));
-                }
-            }
-            // etcd returns a range sorted by key, like the embedded store's table.
-            Ok(Snapshot {
-                revision: header_revision(resp.header()),
-                configs,
+        let resp = self
+            .members
+            .call(self.timeout, |mut c, _| {
+                let dir = dir.as_str();
+                async move { Ok(c.get(dir, Some(GetOptions::new().with_prefix())).await?) }
             })
+            .await?;
+        let mut configs = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let full = kv.key_str().map_err(|e| corrupt(&dir, e))?;
+            // Only direct children are configs; anything deeper is not ours to read.
+            if let Some(name) = self.keys.prefix_name(full) {
+                let revision = kv.mod_revision() as Revision;
+                configs.push((name.to_string(), decode(full, kv.value())?, revision));
+            }
+        }
+        // etcd returns a range sorted by key, like the embedded store's table.
+        Ok(Snapshot {
+            revision: header_revision(resp.header()),
+            configs,
         })
-        .await
     }
 
     async fn observe_prefix(&self, key: &str) -> Result<Observed, StoreError> {
         let key = self.keys.prefix(key);
-        bounded(self.timeout, async {
-            let resp = self
-                .kv()
-                .get(key.as_str(), None)
-                .await
-                .map_err(unavailable)?;
-            Ok(match resp.kvs().first() {
-                Some(kv) => Observed {
-                    config: Some(decode(&key, kv.value())?),
-                    revision: kv.mod_revision() as Revision,
-                },
-                None => Observed {
-                    config: None,
-                    revision: header_revision(resp.header()),
-                },
+        let at = key.as_str();
+        let resp = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                Ok(c.get(at, None).await?)
             })
+            .await?;
+        Ok(match resp.kvs().first() {
+            Some(kv) => Observed {
+                config: Some(decode(&key, kv.value())?),
+                revision: kv.mod_revision() as Revision,
+            },
+            None => Observed {
+                config: None,
+                revision: header_revision(resp.header()),
+            },
         })
-        .await
     }
 
     /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
     /// reset binding are read together, decided by [`plan_write`], and written by one
     /// transaction guarded on both being as read, so that no concurrent write slips in
-    /// between check and write.
+    /// between check and write. A retry on another member (the first attempt may have
+    /// committed without an answer) that finds exactly this config where `create_only`
+    /// found none reports `Created`: the config is there, as asked.
     async fn write_prefix(
         &self,
         prefix_key: &str,
@@ -319,115 +357,145 @@ impl Store for EtcdStore {
             self.keys.seq_reset(prefix_key),
             encode(config)?,
         );
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            loop {
-                let both = Txn::new().and_then([
-                    TxnOp::get(key.as_str(), None),
-                    TxnOp::get(bind_key.as_str(), None),
-                    audit_keys(&self.keys.audit(prefix_key)),
-                ]);
-                let resp = kv.txn(both).await.map_err(unavailable)?;
-                let ops = resp.op_responses();
-                let audited = keys_in(ops.get(2));
-                let (stored, bound) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
-                let existing = stored
-                    .value
-                    .as_deref()
-                    .map(|v| decode(&key, v))
-                    .transpose()?;
-                let bound_reset = bound
-                    .value
-                    .as_deref()
-                    .map(|v| parse_bound_reset(&bind_key, v))
-                    .transpose()?;
-                let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
-                if !outcome.wrote() {
-                    return Ok((outcome, 0));
+        let (key, bind_key, json) = (key.as_str(), bind_key.as_str(), json.as_str());
+        let audit_dir = self.keys.audit(prefix_key);
+        let audit_dir = audit_dir.as_str();
+        self.members
+            .call(self.timeout, |c, attempt| async move {
+                let mut kv = c.kv_client();
+                loop {
+                    let both = Txn::new().and_then([
+                        TxnOp::get(key, None),
+                        TxnOp::get(bind_key, None),
+                        audit_keys(audit_dir),
+                    ]);
+                    let resp = kv.txn(both).await?;
+                    let ops = resp.op_responses();
+                    let audited = keys_in(ops.get(2));
+                    let (stored, bound) =
+                        (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
+                    let existing = stored
+                        .value
+                        .as_deref()
+                        .map(|v| decode(key, v))
+                        .transpose()?;
+                    let bound_reset = bound
+                        .value
+                        .as_deref()
+                        .map(|v| parse_bound_reset(bind_key, v))
+                        .transpose()?;
+                    let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
+                    if outcome == Written::Exists
+                        && attempt > 0
+                        && existing.as_ref() == Some(config)
+                    {
+                        // An earlier attempt committed without an answer (audit included).
+                        return Ok((Written::Created, stored.revision.max(0) as Revision));
+                    }
+                    if !outcome.wrote() {
+                        return Ok((outcome, 0));
+                    }
+                    let mut writes = vec![TxnOp::put(key, json, None)];
+                    if let Some(reset) = reset_to_bind(config, bound_reset) {
+                        writes.push(TxnOp::put(bind_key, reset.as_str(), None));
+                    }
+                    let mut guards = vec![
+                        unchanged(key, stored.revision),
+                        unchanged(bind_key, bound.revision),
+                    ];
+                    if let Some(record) =
+                        AuditRecord::of_write(audit, &outcome, existing.as_ref(), config)
+                    {
+                        let (new, ops) = append_audit(&self.keys, prefix_key, &audited, &record)?;
+                        guards.push(new);
+                        writes.extend(ops);
+                    }
+                    let txn = Txn::new().when(guards).and_then(writes);
+                    let resp = kv.txn(txn).await?;
+                    if resp.succeeded() {
+                        return Ok((outcome, header_revision(resp.header())));
+                    }
                 }
-                let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
-                if let Some(reset) = reset_to_bind(config, bound_reset) {
-                    writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
-                }
-                let mut guards = vec![
-                    unchanged(&key, stored.revision),
-                    unchanged(&bind_key, bound.revision),
-                ];
-                if let Some(record) =
-                    AuditRecord::of_write(audit, &outcome, existing.as_ref(), config)
-                {
-                    let (new, ops) = append_audit(&self.keys, prefix_key, &audited, &record)?;
-                    guards.push(new);
-                    writes.extend(ops);
-                }
-                let txn = Txn::new().when(guards).and_then(writes);
-                let resp = kv.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    return Ok((outcome, header_revision(resp.header())));
-                }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     /// Reads the config and the audit record keys together, then deletes the config and
-    /// appends the record in one transaction guarded on the config being as read.
+    /// appends the record in one transaction guarded on the config being as read, so that
+    /// a delete sent to a member that did not answer cannot run later over a config
+    /// registered since. A retry that finds the key gone after an earlier attempt saw it
+    /// reports it deleted (that attempt committed, its audit record with it).
     async fn remove_prefix(
         &self,
         prefix_key: &str,
         audit: &AuditMeta,
     ) -> Result<Option<Revision>, StoreError> {
         let key = self.keys.prefix(prefix_key);
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            loop {
-                let read = Txn::new().and_then([
-                    TxnOp::get(key.as_str(), None),
-                    audit_keys(&self.keys.audit(prefix_key)),
-                ]);
-                let resp = kv.txn(read).await.map_err(unavailable)?;
-                let ops = resp.op_responses();
-                let stored = seen_in(&ops);
-                let Some(value) = stored.value else {
-                    return Ok(None);
-                };
-                let before = decode(&key, &value).ok();
-                let record = AuditRecord::of_delete(audit, before);
-                let audited = keys_in(ops.get(1));
-                let (new, mut writes) = append_audit(&self.keys, prefix_key, &audited, &record)?;
-                writes.insert(0, TxnOp::delete(key.as_str(), None));
-                let txn = Txn::new()
-                    .when([unchanged(&key, stored.revision), new])
-                    .and_then(writes);
-                let resp = kv.txn(txn).await.map_err(unavailable)?;
-                if resp.succeeded() {
-                    return Ok(Some(header_revision(resp.header())));
+        let key = key.as_str();
+        let audit_dir = self.keys.audit(prefix_key);
+        let audit_dir = audit_dir.as_str();
+        let saw = std::sync::atomic::AtomicBool::new(false);
+        let saw = &saw;
+        self.members
+            .call(self.timeout, |c, _| async move {
+                let mut kv = c.kv_client();
+                loop {
+                    let read = Txn::new().and_then([TxnOp::get(key, None), audit_keys(audit_dir)]);
+                    let resp = kv.txn(read).await?;
+                    let ops = resp.op_responses();
+                    let stored = seen_in(&ops);
+                    let Some(value) = stored.value else {
+                        let seen_before = saw.load(std::sync::atomic::Ordering::Relaxed);
+                        return Ok(seen_before.then(|| header_revision(resp.header())));
+                    };
+                    saw.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let before = decode(key, &value).ok();
+                    let record = AuditRecord::of_delete(audit, before);
+                    let audited = keys_in(ops.get(1));
+                    let (new, mut writes) =
+                        append_audit(&self.keys, prefix_key, &audited, &record)?;
+                    writes.insert(0, TxnOp::delete(key, None));
+                    let txn = Txn::new()
+                        .when([unchanged(key, stored.revision), new])
+                        .and_then(writes);
+                    let resp = kv.txn(txn).await?;
+                    if resp.succeeded() {
+                        return Ok(Some(header_revision(resp.header())));
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     async fn prefix_history(&self, prefix_key: &str) -> Result<Vec<AuditRecord>, StoreError> {
         let dir = self.keys.audit(prefix_key);
-        bounded(self.timeout, async {
-            let options = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_limit(AUDIT_KEEP as i64);
-            let resp = self
-                .kv()
-                .get(dir.as_str(), Some(options))
-                .await
-                .map_err(unavailable)?;
-            resp.kvs()
-                .iter()
-                .map(|kv| AuditRecord::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
-                .collect()
-        })
-        .await
+        let dir = dir.as_str();
+        let resp = self
+            .members
+            .call(self.timeout, |mut c, _| async move {
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_sort(SortTarget::Create, SortOrder::Descend)
+                    .with_limit(AUDIT_KEEP as i64);
+                Ok(c.get(dir, Some(options)).await?)
+            })
+            .await?;
+        resp.kvs()
+            .iter()
+            .map(|kv| AuditRecord::decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect()
     }
 
+    /// A compare-and-swap from the counter as last known (read first only when unknown):
+    /// each lost race hands back the counter as it now stands, and some node wins every
+    /// round, so this ends (or the deadline does).
+    ///
+    /// Exact across retries: every write is guarded on the revision it was computed from,
+    /// so of two attempts computed from the same state at most one commits, and one
+    /// computed from a state that has moved on commits nothing. An attempt that timed out
+    /// may have committed; the next one (on another member) then finds the counter moved,
+    /// and reserves the block after it. The block of the silent attempt is never handed
+    /// out: a gap, never a repeat (`tests/etcd_members.rs` makes one).
     async fn reserve_seq(
         &self,
         counter: &str,
@@ -435,29 +503,48 @@ impl Store for EtcdStore {
         initial: u64,
     ) -> Result<SeqBlock, StoreError> {
         let key = self.keys.seq(counter);
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            let mut seen = read(&mut kv, &key).await?;
-            // Compare-and-swap: each lost race hands back the counter as it now stands, and
-            // some node wins every round, so this ends (or the deadline does).
-            loop {
-                let stored = seen
-                    .value
-                    .as_deref()
-                    .map(|v| parse_u64(&key, v))
-                    .transpose()?;
-                let current = stored.unwrap_or(initial).max(initial);
-                let block = next_block(current, size)
-                    .ok_or_else(|| StoreError::Overflow(counter.to_string()))?;
-                match put_if_unchanged(&mut kv, &key, seen.revision, block.end.to_string()).await? {
-                    None => return Ok(block),
-                    Some(now) => seen = now,
+        let key = key.as_str();
+        let known = self.known(key);
+        let (block, seen) = self
+            .members
+            .call(self.timeout, |c, _| {
+                let known = known.clone();
+                async move {
+                    let mut kv = c.kv_client();
+                    let mut seen = match known {
+                        Some(s) => s,
+                        None => read(&mut kv, key).await?,
+                    };
+                    loop {
+                        let stored = seen
+                            .value
+                            .as_deref()
+                            .map(|v| parse_u64(key, v))
+                            .transpose()?;
+                        let current = stored.unwrap_or(initial).max(initial);
+                        let block = next_block(current, size)
+                            .ok_or_else(|| StoreError::Overflow(counter.to_string()))?;
+                        let end = block.end.to_string();
+                        match put_if_unchanged(&mut kv, key, seen.revision, end.as_str()).await? {
+                            Ok(revision) => {
+                                let value = Some(end.into_bytes());
+                                return Ok((block, Seen { value, revision }));
+                            }
+                            Err(now) => seen = now,
+                        }
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await?;
+        self.learn(key, seen);
+        Ok(block)
     }
 
+    /// Guarded on the revision at which the counter was seen ending at `block_end`, not on
+    /// the value alone: a release sent to a member that did not answer may run later, after
+    /// a retry gave the numbers back and another node reserved them again, and the counter
+    /// may then stand at `block_end` once more; the revision has moved on, so it cannot
+    /// rewind the counter under that node's block.
     async fn release_seq(
         &self,
         counter: &str,
@@ -469,20 +556,29 @@ impl Store for EtcdStore {
             return Ok(false);
         }
         let key = self.keys.seq(counter);
-        bounded(self.timeout, async {
-            // Values are written only by this module, always as canonical decimal text, so
-            // comparing the text is comparing the number. A missing key never compares equal.
-            let txn = Txn::new()
-                .when([Compare::value(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    block_end.to_string(),
-                )])
-                .and_then([TxnOp::put(key.as_str(), back_to.to_string(), None)]);
-            let resp = self.kv().txn(txn).await.map_err(unavailable)?;
-            Ok(resp.succeeded())
-        })
-        .await
+        let key = key.as_str();
+        let (end, back) = (block_end.to_string(), back_to.to_string());
+        let (end, back) = (end.as_bytes(), back.as_str());
+        let released = self
+            .members
+            .call(self.timeout, |c, _| async move {
+                let mut kv = c.kv_client();
+                let seen = read(&mut kv, key).await?;
+                // Values are written only by this module, always as canonical decimal
+                // text, so comparing the text is comparing the number.
+                if seen.value.as_deref() != Some(end) {
+                    return Ok(None);
+                }
+                Ok(put_if_unchanged(&mut kv, key, seen.revision, back)
+                    .await?
+                    .ok())
+            })
+            .await?;
+        if let Some(revision) = released {
+            let value = Some(back.as_bytes().to_vec());
+            self.learn(key, Seen { value, revision });
+        }
+        Ok(released.is_some())
     }
 
     async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {
@@ -491,27 +587,28 @@ impl Store for EtcdStore {
 
     async fn check_layout(&self, layout: &str) -> Result<(), StoreError> {
         let key = self.keys.layout();
-        bounded(self.timeout, async {
-            // One transaction: record it if absent, else read what is there.
-            let txn = Txn::new()
-                .when([unchanged(&key, 0)])
-                .and_then([TxnOp::put(key.as_str(), layout, None)])
-                .or_else([TxnOp::get(key.as_str(), None)]);
-            let resp = self.kv().txn(txn).await.map_err(unavailable)?;
-            if resp.succeeded() {
-                return Ok(());
-            }
-            let stored = seen_in(&resp.op_responses()).value.unwrap_or_default();
-            let stored = String::from_utf8(stored).map_err(|e| corrupt(&key, e))?;
-            if stored == layout {
-                Ok(())
-            } else {
-                Err(StoreError::LayoutMismatch {
-                    stored,
-                    ours: layout.to_string(),
-                })
-            }
-        })
-        .await
+        let key = key.as_str();
+        let stored = self
+            .members
+            .call(self.timeout, |c, _| async move {
+                // One transaction: record it if absent, else read what is there.
+                let txn = Txn::new()
+                    .when([unchanged(key, 0)])
+                    .and_then([TxnOp::put(key, layout, None)])
+                    .or_else([TxnOp::get(key, None)]);
+                let resp = c.kv_client().txn(txn).await?;
+                Ok((!resp.succeeded()).then(|| seen_in(&resp.op_responses()).value))
+            })
+            .await?;
+        let Some(stored) = stored else { return Ok(()) };
+        let stored = String::from_utf8(stored.unwrap_or_default()).map_err(|e| corrupt(key, e))?;
+        if stored == layout {
+            Ok(())
+        } else {
+            Err(StoreError::LayoutMismatch {
+                stored,
+                ours: layout.to_string(),
+            })
+        }
     }
 }
