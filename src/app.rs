@@ -21,6 +21,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use crate::clock::{Clock, ForwardJumps, SystemClock};
 use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
 use crate::config::{Config, EtcdConfig, Secret};
+use crate::format::NodeWidths;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
@@ -113,7 +114,9 @@ async fn clustered(
     if config.worker_id != 0 {
         tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
     }
-    let store = EtcdStore::connect(etcd).await?;
+    let store = EtcdStore::connect(etcd)
+        .await?
+        .with_node_widths(NodeWidths::of_layout(&config.layout));
     let cluster = Arc::new(EtcdCluster::new(
         store.client(),
         ClusterSettings {

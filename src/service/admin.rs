@@ -1,8 +1,10 @@
 //! Managing prefix configs (`/prefix-configs`): every change is written to the store first
 //! (which refuses what would repeat a number) and then made live in this node's registry.
+//! A request without `mode` takes the key's mode on record, else its template's width
+//! (SPEC 1.0).
 
-use crate::prefix::{PrefixConfig, PrefixError};
-use crate::store::{StoreError, Written};
+use crate::prefix::{ConfigRequest, ModeSource, PrefixConfig, PrefixError};
+use crate::store::{FormatClash, StoreError, Written};
 
 use super::Service;
 
@@ -10,7 +12,9 @@ use super::Service;
 pub enum AdminError {
     #[error("Prefix already exists")]
     Exists,
-    #[error("mode cannot change from '{from}' to '{to}'; register a new prefix instead")]
+    #[error(
+        "mode cannot change from '{from}' to '{to}': a prefix key keeps the mode it was first registered with, also after a DELETE; register a new prefix instead"
+    )]
     ModeChange {
         from: &'static str,
         to: &'static str,
@@ -22,12 +26,32 @@ pub enum AdminError {
         from: &'static str,
         to: &'static str,
     },
+    #[error("{}", clash_message(format, clash))]
+    FormatClash { format: String, clash: FormatClash },
     #[error("Prefix '{0}' not found")]
     NotFound(String),
     #[error(transparent)]
     Config(#[from] PrefixError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+/// What `FORMAT_CLASH` says: the string both formats can render, and what would do.
+fn clash_message(format: &str, c: &FormatClash) -> String {
+    let earlier = match c.values {
+        Some((lo, hi)) => format!(
+            "the earlier format '{}' of this prefix may have rendered (it held sequence values {lo} to {hi})",
+            c.earlier
+        ),
+        None => format!(
+            "the earlier format '{}' of this prefix may have rendered (snowflake IDs are not recorded, so every ID above its initial_seq counts)",
+            c.earlier
+        ),
+    };
+    format!(
+        "format '{format}' could render '{}', which {earlier}; a prefix's numbers never repeat, so choose a format that cannot render the earlier one's numbers (for example with other literal text), or register a new prefix",
+        c.example
+    )
 }
 
 /// `Ok` when the store took the write of `config`; else why it did not, as an admin error.
@@ -42,6 +66,10 @@ fn accepted(written: Written, config: &PrefixConfig) -> Result<(), AdminError> {
         Written::ResetChange(from) => Err(AdminError::ResetChange {
             from: from.as_str(),
             to: config.reset.as_str(),
+        }),
+        Written::FormatClash(clash) => Err(AdminError::FormatClash {
+            format: config.format.clone(),
+            clash,
         }),
     }
 }
@@ -64,12 +92,13 @@ impl Service {
         body: &[u8],
         create: bool,
     ) -> Result<PrefixConfig, AdminError> {
-        let (config, _) = PrefixConfig::from_request(body)?;
-        let written = if create {
-            self.store().create_prefix(key, &config).await?
-        } else {
-            self.store().replace_prefix(key, &config).await?
-        };
+        let request = ConfigRequest::parse(body)?;
+        let (mut written, mut config, source) = self.try_write(key, &request, create).await?;
+        if matches!(written, Written::ModeChange(_)) && source == ModeSource::Width {
+            // Another node registered the key first, in the other mode, between our read
+            // of its record and our write: decide again with the mode now on record.
+            (written, config, _) = self.try_write(key, &request, create).await?;
+        }
         accepted(written, &config)?;
         self.apply(key, config.clone())?;
         let what = if create {
@@ -79,6 +108,37 @@ impl Service {
         };
         tracing::info!(prefix = key, config = %config.to_log_json(), "{what}");
         Ok(config)
+    }
+
+    /// Builds the config of `request` in the mode it names, else the key's mode on record,
+    /// else its template's, and hands it to the store.
+    async fn try_write(
+        &self,
+        key: &str,
+        request: &ConfigRequest,
+        create: bool,
+    ) -> Result<(Written, PrefixConfig, ModeSource), AdminError> {
+        let (mode, source) = match request.mode() {
+            Some(m) => (m, ModeSource::Given),
+            None => match self.store().prefix_record(key).await? {
+                Some(record) => (record.mode, ModeSource::Key),
+                None => (request.mode_from_width(), ModeSource::Width),
+            },
+        };
+        let (config, _) = request.build(mode, source, self.floor_below())?;
+        let written = if create {
+            self.store().create_prefix(key, &config).await?
+        } else {
+            self.store().replace_prefix(key, &config).await?
+        };
+        Ok((written, config, source))
+    }
+
+    /// A snowflake prefix's `initial_seq` must be below this: the smallest ID the layout
+    /// issues now (SPEC 1.3).
+    pub(super) fn floor_below(&self) -> u64 {
+        let (layout, clock) = (self.node().layout(), self.node().clock());
+        layout.first_id_at(layout.units_at(clock.now_ms()))
     }
 
     /// `GET /prefix-configs/{key}`
@@ -160,21 +220,21 @@ mod tests {
             .collect();
         assert_eq!(got, ["TEST-0001", "TEST-0002", "TEST-0003"]);
         assert!(matches!(
-            s.replace("TEST", br#"{"format":"T-{SEQ:4}"}"#).await,
+            s.replace("TEST", br#"{"format":"T-{SEQ:4}","mode":"snowflake"}"#)
+                .await,
             Err(AdminError::ModeChange {
                 from: "sequence",
                 to: "snowflake"
             })
         ));
-        // Replacing with a lower initial_seq never rewinds; the tail given back is reused.
-        s.replace(
-            "TEST",
-            br#"{"format":"T-{SEQ:2}","mode":"sequence","initial_seq":0}"#,
-        )
-        .await
-        .unwrap();
-        tail_given_back(&s, "TEST", 3).await;
-        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-04");
+        // Without `mode` the key keeps its own; a new format starts above every block
+        // reserved for the old one (the old tail is not given back to it).
+        let c = s
+            .replace("TEST", br#"{"format":"T-{SEQ:2}","initial_seq":0}"#)
+            .await
+            .unwrap();
+        assert_eq!(c.mode, crate::prefix::Mode::Sequence);
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-1001");
         assert_eq!(s.config("TEST").await.unwrap().format, "T-{SEQ:2}");
         assert_eq!(s.configs().await.unwrap().len(), 1);
         s.delete("TEST").await.unwrap();
@@ -186,11 +246,12 @@ mod tests {
             s.config("TEST").await,
             Err(AdminError::NotFound(_))
         ));
-        tail_given_back(&s, "TEST", 4).await;
-        s.register("TEST", br#"{"format":"T-{SEQ:2}","mode":"sequence"}"#)
+        // The same format again: its tail was given back, the counter goes on densely.
+        tail_given_back(&s, "TEST", 1001).await;
+        s.register("TEST", br#"{"format":"T-{SEQ:2}"}"#)
             .await
             .unwrap();
-        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-05");
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-1002");
     }
 
     #[tokio::test]
@@ -228,7 +289,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = service(&dir, clock.clone());
-        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
+        s.register("ORD", br#"{"format":"O-{SEQ:3}","mode":"snowflake"}"#)
             .await
             .unwrap();
         let mut seen = HashSet::new();
@@ -237,6 +298,7 @@ mod tests {
         }
         s.delete("ORD").await.unwrap();
         clock.step_back(3);
+        // Without `mode`: the key's own, snowflake.
         s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#)
             .await
             .unwrap();

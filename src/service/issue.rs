@@ -141,6 +141,22 @@ impl Service {
         Err(IssueError::NotRegistered(key.to_string()))
     }
 
+    /// The entry of `key` after its sequence allocator was closed: replaced here, or its
+    /// format replaced by another node (cluster mode), which this node may not have seen
+    /// yet; so in cluster mode the config is read from the store again.
+    async fn refresh(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
+        if !self.read_through {
+            return self.lookup(key).await;
+        }
+        match self.store().get_prefix(key).await {
+            Ok(Some(config)) => self
+                .apply(key, config)
+                .map_err(|_| IssueError::NotRegistered(key.to_string())),
+            Ok(None) => Err(IssueError::NotRegistered(key.to_string())),
+            Err(e) => Err(IssueError::Storage(e)),
+        }
+    }
+
     /// Issues after looking `key` up (also in the store, in cluster mode): sequence
     /// prefixes, and snowflake prefixes not yet in memory.
     async fn issue_looked_up(
@@ -168,7 +184,7 @@ impl Service {
             match result {
                 Err(IssueError::ConfigChanged(_)) if !retried => {
                     retried = true;
-                    entry = self.lookup(key).await?;
+                    entry = self.refresh(key).await?;
                 }
                 other => return other,
             }
@@ -213,6 +229,7 @@ impl Service {
                     offset_s,
                     dc: issued.dc,
                     worker: issued.worker,
+                    widths: self.widths,
                     degraded,
                 };
                 sink.push(&entry.template, &ctx, id, degraded);
@@ -300,6 +317,7 @@ impl Service {
                 offset_s: entry.config.utc_offset.seconds(),
                 dc,
                 worker,
+                widths: self.widths,
                 degraded: false,
             };
             sink.push(&entry.template, &ctx, n, false);
@@ -328,7 +346,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = Arc::new(service(&dir, clock.clone()));
-        s.apply("B", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("B", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#))
+            .unwrap();
         let s2 = s.clone();
         let task = tokio::spawn(async move { take(&s2, "B", 10_000).await });
         for _ in 0..50 {
@@ -344,7 +363,8 @@ mod tests {
     async fn begin_issues_what_needs_no_wait_and_leaves_the_rest_pending() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("SF", config(r#"{"format":"S-{SEQ:2}"}"#)).unwrap();
+        s.apply("SF", config(r#"{"format":"S-{SEQ:2}","mode":"snowflake"}"#))
+            .unwrap();
         s.apply("SQ", config(r#"{"format":"Q-{SEQ:2}","mode":"sequence"}"#))
             .unwrap();
         // A snowflake prefix in memory: done at once.
@@ -369,7 +389,8 @@ mod tests {
     /// Registers snowflake prefix `C` and makes the reservation end at the node's time,
     /// which it returns.
     fn reserved_until_now(s: &Service) -> u64 {
-        s.apply("C", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("C", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#))
+            .unwrap();
         let now = s.node().now_units();
         s.node().install_grant(0, 1, 0, now);
         now
@@ -412,7 +433,8 @@ mod tests {
     async fn a_clock_that_stands_still_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("W", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("W", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#))
+            .unwrap();
         // More than the lead allows within one reading of the clock.
         let err = take(&s, "W", 100_000).await.unwrap_err();
         assert!(
@@ -427,7 +449,8 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let node = node(Arc::new(ManualClock::new(T0)), &metrics);
         let s = Service::new(node, embedded(&dir), metrics, false);
-        s.apply("SF", config(r#"{"format":"{SEQ:1}"}"#)).unwrap();
+        s.apply("SF", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#))
+            .unwrap();
         s.apply("SQ", config(r#"{"format":"{SEQ:1}","mode":"sequence"}"#))
             .unwrap();
         for key in ["SF", "SQ"] {

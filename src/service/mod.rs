@@ -28,6 +28,8 @@ impl ConfigSink for Service {
 }
 
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 use std::collections::HashMap;
@@ -38,6 +40,7 @@ pub use issue::{IssueError, Pending, Sink};
 pub use registry::{Entry, Registry};
 
 use crate::cluster::watch::{ConfigSink, Refused};
+use crate::format::NodeWidths;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::{PrefixConfig, PrefixError};
@@ -50,6 +53,8 @@ pub struct Service {
     metrics: Metrics,
     /// Cluster mode: a key missing from memory is looked up in the store before a 400.
     read_through: bool,
+    /// The widths `{dc}` and `{worker}` render at, from the layout.
+    widths: NodeWidths,
 }
 
 impl Service {
@@ -59,9 +64,11 @@ impl Service {
         metrics: Metrics,
         read_through: bool,
     ) -> Service {
+        let layout = *node.layout();
         Service {
+            widths: NodeWidths::of_layout(&layout),
+            registry: Registry::new(store.clone(), metrics.clone(), layout),
             node,
-            registry: Registry::new(store.clone(), metrics.clone()),
             store,
             metrics,
             read_through,

@@ -12,18 +12,23 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::record::{PrefixRecord, SeqGuard, Stored, plan_write, reservation_allowed};
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
-    plan_write, reset_to_bind,
+    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, clash_rules, next_block,
+    parse_bound_reset,
 };
+use crate::format::NodeWidths;
 use crate::prefix::PrefixConfig;
 
 const PREFIXES: TableDefinition<&str, &str> = TableDefinition::new("prefixes");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("seq");
 const HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// The reset a sequence prefix's counters are bound to (kept after DELETE).
+/// The reset a sequence prefix's counters are bound to, as data written before
+/// `prefix_records` has it (read only).
 const SEQ_RESET: TableDefinition<&str, &str> = TableDefinition::new("seq_reset");
+/// Each key's [`PrefixRecord`] as JSON (kept after DELETE).
+const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("prefix_records");
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -155,6 +160,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: Arc<Writer>,
     timeout: Duration,
+    /// The layout's `{dc}`/`{worker}` widths, for the format clash check.
+    nodes: NodeWidths,
 }
 
 impl EmbeddedStore {
@@ -168,6 +175,7 @@ impl EmbeddedStore {
             txn.open_table(HWM).map_err(unavailable)?;
             txn.open_table(META).map_err(unavailable)?;
             txn.open_table(SEQ_RESET).map_err(unavailable)?;
+            txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -185,12 +193,19 @@ impl EmbeddedStore {
                 thread: Some(thread),
             }),
             timeout: DEFAULT_TIMEOUT,
+            nodes: NodeWidths::default(),
         })
     }
 
     /// Sets the deadline of every call.
     pub fn with_timeout(mut self, timeout: Duration) -> EmbeddedStore {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the layout's `{dc}`/`{worker}` widths (default: the default layout's).
+    pub fn with_node_widths(mut self, nodes: NodeWidths) -> EmbeddedStore {
+        self.nodes = nodes;
         self
     }
 
@@ -281,6 +296,77 @@ fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u6
     Ok(table.get(counter).map_err(unavailable)?.map(|v| v.value()))
 }
 
+/// The highest value of any counter of prefix `key` (`key` and `key/{period}`).
+fn highest_seq(table: &redb::Table<&str, u64>, key: &str) -> Result<Option<u64>, StoreError> {
+    let (from, to) = (format!("{key}/"), format!("{key}0"));
+    let mut mark = stored_seq(table, key)?;
+    for row in table
+        .range(from.as_str()..to.as_str())
+        .map_err(unavailable)?
+    {
+        let value = row.map_err(unavailable)?.1.value();
+        mark = mark.max(Some(value));
+    }
+    Ok(mark)
+}
+
+/// The record of `key` as stored in `RECORDS` (without the legacy fallback).
+fn stored_record(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> Result<Option<PrefixRecord>, StoreError> {
+    table
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| PrefixRecord::decode(&format!("prefix_records/{key}"), v.value().as_bytes()))
+        .transpose()
+}
+
+/// The legacy reset binding of `key`, if any.
+fn legacy_reset(
+    table: &impl ReadableTable<&'static str, &'static str>,
+    key: &str,
+) -> Result<Option<crate::prefix::Reset>, StoreError> {
+    table
+        .get(key)
+        .map_err(unavailable)?
+        .map(|v| parse_bound_reset(&format!("seq_reset/{key}"), v.value().as_bytes()))
+        .transpose()
+}
+
+/// Whether `guard` may reserve or release now (no guard: always).
+fn guard_allows(txn: &redb::WriteTransaction, guard: Option<&Guard>) -> Result<bool, StoreError> {
+    let Some(g) = guard else { return Ok(true) };
+    let records = txn.open_table(RECORDS).map_err(unavailable)?;
+    let record = stored_record(&records, &g.key)?;
+    Ok(reservation_allowed(record.as_ref(), &g.as_guard()))
+}
+
+/// A [`SeqGuard`] that the writer thread can own.
+struct Guard {
+    key: String,
+    format: String,
+    seq_length: u8,
+}
+
+impl Guard {
+    fn of(g: &SeqGuard<'_>) -> Guard {
+        Guard {
+            key: g.key.to_string(),
+            format: g.format.to_string(),
+            seq_length: g.seq_length,
+        }
+    }
+
+    fn as_guard(&self) -> SeqGuard<'_> {
+        SeqGuard {
+            key: &self.key,
+            format: &self.format,
+            seq_length: self.seq_length,
+        }
+    }
+}
+
 fn hwm_key(dc: u64, worker: u64) -> String {
     format!("{dc}/{worker}")
 }
@@ -312,8 +398,8 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] and
-    /// written in one transaction.
+    /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] from
+    /// the config, the key's record and its counters, and written in one transaction.
     async fn write_prefix(
         &self,
         key: &str,
@@ -321,31 +407,49 @@ impl Store for EmbeddedStore {
         create_only: bool,
     ) -> Result<Written, StoreError> {
         let (key, json, config) = (key.to_string(), encode(config)?, config.clone());
+        let rules = clash_rules(self.nodes);
         self.write(move |txn| {
             let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let mut bound = txn.open_table(SEQ_RESET).map_err(unavailable)?;
+            let mut records = txn.open_table(RECORDS).map_err(unavailable)?;
             let existing = table
                 .get(key.as_str())
                 .map_err(unavailable)?
                 .map(|v| decode(&key, v.value()))
                 .transpose()?;
-            let bound_reset = bound
-                .get(key.as_str())
-                .map_err(unavailable)?
-                .map(|v| parse_bound_reset(&format!("seq_reset/{key}"), v.value().as_bytes()))
-                .transpose()?;
-            let outcome = plan_write(existing.as_ref(), bound_reset, &config, create_only);
-            if outcome.wrote() {
+            let stored = Stored {
+                config: existing.as_ref(),
+                record: stored_record(&records, &key)?,
+                legacy_reset: legacy_reset(&txn.open_table(SEQ_RESET).map_err(unavailable)?, &key)?,
+                mark: highest_seq(&txn.open_table(SEQ).map_err(unavailable)?, &key)?,
+            };
+            let plan = plan_write(&key, stored, &config, create_only, rules);
+            if let (true, Some(record)) = (plan.written.wrote(), &plan.record) {
                 table
                     .insert(key.as_str(), json.as_str())
                     .map_err(unavailable)?;
-                if let Some(reset) = reset_to_bind(&config, bound_reset) {
-                    bound
-                        .insert(key.as_str(), reset.as_str())
-                        .map_err(unavailable)?;
-                }
+                records
+                    .insert(key.as_str(), record.encode()?.as_str())
+                    .map_err(unavailable)?;
             }
-            Ok(outcome)
+            Ok(plan.written)
+        })
+        .await
+    }
+
+    async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let config = txn
+                .open_table(PREFIXES)
+                .map_err(unavailable)?
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode(&key, v.value()))
+                .transpose()?;
+            let record = stored_record(&txn.open_table(RECORDS).map_err(unavailable)?, &key)?;
+            let legacy = legacy_reset(&txn.open_table(SEQ_RESET).map_err(unavailable)?, &key)?;
+            Ok(PrefixRecord::effective(record, config.as_ref(), legacy))
         })
         .await
     }
@@ -360,14 +464,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn reserve_seq(
+    async fn reserve_seq_as(
         &self,
         counter: &str,
         size: u64,
         initial: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError> {
-        let counter = counter.to_string();
+        let (counter, guard) = (counter.to_string(), guard.map(Guard::of));
         self.write(move |txn| {
+            if !guard_allows(txn, guard.as_ref())? {
+                let key = guard.map(|g| g.key).unwrap_or_default();
+                return Err(StoreError::FormatReplaced(key));
+            }
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
             let stored = stored_seq(&table, &counter)?;
             let current = stored.unwrap_or(initial).max(initial);
@@ -381,14 +490,18 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn release_seq(
+    async fn release_seq_as(
         &self,
         counter: &str,
         block_end: u64,
         back_to: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<bool, StoreError> {
-        let counter = counter.to_string();
+        let (counter, guard) = (counter.to_string(), guard.map(Guard::of));
         self.write(move |txn| {
+            if !guard_allows(txn, guard.as_ref())? {
+                return Ok(false);
+            }
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
             if stored_seq(&table, &counter)? != Some(block_end) || back_to > block_end {
                 return Ok(false);

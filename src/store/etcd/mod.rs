@@ -14,6 +14,7 @@
 
 mod connect;
 mod keys;
+mod records;
 
 pub use keys::Keys;
 
@@ -25,10 +26,10 @@ use etcd_client::{
 };
 
 use super::{
-    DEFAULT_TIMEOUT, SeqBlock, Store, StoreError, Written, bounded, next_block, parse_bound_reset,
-    plan_write, reset_to_bind,
+    DEFAULT_TIMEOUT, PrefixRecord, SeqBlock, SeqGuard, Store, StoreError, Written, bounded,
 };
 use crate::config::EtcdConfig;
+use crate::format::NodeWidths;
 use crate::prefix::PrefixConfig;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -102,26 +103,6 @@ async fn read(kv: &mut KvClient, key: &str) -> Result<Seen, StoreError> {
     Ok(Seen::from_kvs(resp.kvs()))
 }
 
-/// Puts `value` at `key` when the key is still at `revision` (0: absent). On a lost race the
-/// same transaction reads the key back, so the caller can retry without another round trip:
-/// `Ok(None)` when written, `Ok(Some(now))` when not.
-async fn put_if_unchanged(
-    kv: &mut KvClient,
-    key: &str,
-    revision: i64,
-    value: impl Into<Vec<u8>>,
-) -> Result<Option<Seen>, StoreError> {
-    let txn = Txn::new()
-        .when([unchanged(key, revision)])
-        .and_then([TxnOp::put(key, value, None)])
-        .or_else([TxnOp::get(key, None)]);
-    let resp = kv.txn(txn).await.map_err(unavailable)?;
-    if resp.succeeded() {
-        return Ok(None);
-    }
-    Ok(Some(seen_in(&resp.op_responses())))
-}
-
 /// The key read by the first get among `responses` (a read, or the `or_else` branch of a
 /// failed transaction); absent when there is none.
 fn seen_in(responses: &[TxnOpResponse]) -> Seen {
@@ -141,6 +122,8 @@ pub struct EtcdStore {
     client: Client,
     keys: Keys,
     timeout: Duration,
+    /// The layout's `{dc}`/`{worker}` widths, for the format clash check.
+    nodes: NodeWidths,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -167,12 +150,19 @@ impl EtcdStore {
             client,
             keys: Keys::new(root),
             timeout: DEFAULT_TIMEOUT,
+            nodes: NodeWidths::default(),
         }
     }
 
     /// Sets the deadline of every call.
     pub fn with_timeout(mut self, timeout: Duration) -> EtcdStore {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the layout's `{dc}`/`{worker}` widths (default: the default layout's).
+    pub fn with_node_widths(mut self, nodes: NodeWidths) -> EtcdStore {
+        self.nodes = nodes;
         self
     }
 
@@ -234,61 +224,20 @@ impl Store for EtcdStore {
         self.get_parsed(&self.keys.prefix(key), decode).await
     }
 
-    /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
-    /// reset binding are read together, decided by [`plan_write`], and written by one
-    /// transaction guarded on both being as read, so that no concurrent write slips in
-    /// between check and write.
+    /// `create_prefix` (`create_only`) and `replace_prefix`: the config, the key's record
+    /// and its counters are read together, decided by `plan_write`, and written by one
+    /// transaction guarded on all of them being as read (see `records`).
     async fn write_prefix(
         &self,
         key: &str,
         config: &PrefixConfig,
         create_only: bool,
     ) -> Result<Written, StoreError> {
-        let (key, bind_key, json) = (
-            self.keys.prefix(key),
-            self.keys.seq_reset(key),
-            encode(config)?,
-        );
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            loop {
-                let both = Txn::new().and_then([
-                    TxnOp::get(key.as_str(), None),
-                    TxnOp::get(bind_key.as_str(), None),
-                ]);
-                let resp = kv.txn(both).await.map_err(unavailable)?;
-                let ops = resp.op_responses();
-                let (stored, bound) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
-                let existing = stored
-                    .value
-                    .as_deref()
-                    .map(|v| decode(&key, v))
-                    .transpose()?;
-                let bound_reset = bound
-                    .value
-                    .as_deref()
-                    .map(|v| parse_bound_reset(&bind_key, v))
-                    .transpose()?;
-                let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
-                if !outcome.wrote() {
-                    return Ok(outcome);
-                }
-                let mut writes = vec![TxnOp::put(key.as_str(), json.as_str(), None)];
-                if let Some(reset) = reset_to_bind(config, bound_reset) {
-                    writes.push(TxnOp::put(bind_key.as_str(), reset.as_str(), None));
-                }
-                let txn = Txn::new()
-                    .when([
-                        unchanged(&key, stored.revision),
-                        unchanged(&bind_key, bound.revision),
-                    ])
-                    .and_then(writes);
-                if kv.txn(txn).await.map_err(unavailable)?.succeeded() {
-                    return Ok(outcome);
-                }
-            }
-        })
-        .await
+        records::write_prefix(self, key, config, create_only).await
+    }
+
+    async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError> {
+        records::prefix_record(self, key).await
     }
 
     async fn delete_prefix(&self, key: &str) -> Result<bool, StoreError> {
@@ -304,61 +253,24 @@ impl Store for EtcdStore {
         .await
     }
 
-    async fn reserve_seq(
+    async fn reserve_seq_as(
         &self,
         counter: &str,
         size: u64,
         initial: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError> {
-        let key = self.keys.seq(counter);
-        bounded(self.timeout, async {
-            let mut kv = self.kv();
-            let mut seen = read(&mut kv, &key).await?;
-            // Compare-and-swap: each lost race hands back the counter as it now stands, and
-            // some node wins every round, so this ends (or the deadline does).
-            loop {
-                let stored = seen
-                    .value
-                    .as_deref()
-                    .map(|v| parse_u64(&key, v))
-                    .transpose()?;
-                let current = stored.unwrap_or(initial).max(initial);
-                let block = next_block(current, size)
-                    .ok_or_else(|| StoreError::Overflow(counter.to_string()))?;
-                match put_if_unchanged(&mut kv, &key, seen.revision, block.end.to_string()).await? {
-                    None => return Ok(block),
-                    Some(now) => seen = now,
-                }
-            }
-        })
-        .await
+        records::reserve(self, counter, size, initial, guard).await
     }
 
-    async fn release_seq(
+    async fn release_seq_as(
         &self,
         counter: &str,
         block_end: u64,
         back_to: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<bool, StoreError> {
-        if back_to > block_end {
-            // Never upward: that would skip numbers nobody reserved.
-            return Ok(false);
-        }
-        let key = self.keys.seq(counter);
-        bounded(self.timeout, async {
-            // Values are written only by this module, always as canonical decimal text, so
-            // comparing the text is comparing the number. A missing key never compares equal.
-            let txn = Txn::new()
-                .when([Compare::value(
-                    key.as_str(),
-                    CompareOp::Equal,
-                    block_end.to_string(),
-                )])
-                .and_then([TxnOp::put(key.as_str(), back_to.to_string(), None)]);
-            let resp = self.kv().txn(txn).await.map_err(unavailable)?;
-            Ok(resp.succeeded())
-        })
-        .await
+        records::release(self, counter, block_end, back_to, guard).await
     }
 
     async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {
