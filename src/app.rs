@@ -21,6 +21,7 @@ use tokio::task::{Id, JoinError, JoinSet};
 use crate::clock::{Clock, ForwardJumps, SystemClock};
 use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
 use crate::config::{Config, ConfigError, EtcdConfig, Secret};
+use crate::format::NodeWidths;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSettings};
@@ -132,7 +133,8 @@ async fn clustered(
     if config.worker_id != 0 {
         tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
     }
-    let store = EtcdStore::new(crate::store::etcd::connect(etcd).await?, &etcd.root);
+    let store = EtcdStore::new(crate::store::etcd::connect(etcd).await?, &etcd.root)
+        .with_node_widths(NodeWidths::of_layout(&config.layout));
     let cluster = Arc::new(EtcdCluster::new(
         store.members().clone(),
         ClusterSettings {

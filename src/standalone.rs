@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::{Config, Secret};
+use crate::format::NodeWidths;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
 use crate::worker::StaticWorker;
@@ -118,7 +119,8 @@ impl Local {
     /// Locks the data dir, opens the store in it and settles the admin token.
     pub fn open(config: &Config) -> Result<Local, StandaloneError> {
         let dir = DataDir::open(&config.data_dir)?;
-        let embedded = EmbeddedStore::open(&dir.path().join("numgen.redb"))?;
+        let embedded = EmbeddedStore::open(&dir.path().join("numgen.redb"))?
+            .with_node_widths(NodeWidths::of_layout(&config.layout));
         let store: Arc<dyn Store> = Arc::new(embedded.clone());
         let workers = Arc::new(StaticWorker::new(embedded, config.dc_id, config.worker_id));
         let admin_token = admin_token(config.admin_token.as_ref(), &dir)?;

@@ -185,7 +185,7 @@ fn decode(s: &Server, id: u64) -> Value {
 }
 
 fn register(s: &Server, key: &str) {
-    s.register(key, r#"{"format":"CLK{flag}-{SEQ:4}"}"#);
+    s.register(key, r#"{"format":"CLK{flag}-{SEQ:4}","mode":"snowflake"}"#);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -315,7 +315,8 @@ mod held {
     use async_trait::async_trait;
     use numgen::prefix::PrefixConfig;
     use numgen::store::{
-        AuditMeta, AuditRecord, Observed, Revision, SeqBlock, Snapshot, Store, StoreError, Written,
+        AuditMeta, AuditRecord, Observed, PrefixRecord, Revision, SeqBlock, SeqGuard, Snapshot,
+        Store, StoreError, Written,
     };
     use tokio::sync::oneshot;
 
@@ -396,16 +397,28 @@ mod held {
         async fn prefix_history(&self, key: &str) -> Result<Vec<AuditRecord>, StoreError> {
             self.inner.prefix_history(key).await
         }
-        async fn reserve_seq(
+        async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError> {
+            self.inner.prefix_record(key).await
+        }
+        async fn reserve_seq_as(
             &self,
             counter: &str,
             size: u64,
             initial: u64,
+            guard: Option<&SeqGuard<'_>>,
         ) -> Result<SeqBlock, StoreError> {
-            self.inner.reserve_seq(counter, size, initial).await
+            self.inner
+                .reserve_seq_as(counter, size, initial, guard)
+                .await
         }
-        async fn release_seq(&self, c: &str, end: u64, back: u64) -> Result<bool, StoreError> {
-            self.inner.release_seq(c, end, back).await
+        async fn release_seq_as(
+            &self,
+            c: &str,
+            end: u64,
+            back: u64,
+            guard: Option<&SeqGuard<'_>>,
+        ) -> Result<bool, StoreError> {
+            self.inner.release_seq_as(c, end, back, guard).await
         }
         async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {
             self.inner.get_seq(counter).await

@@ -100,7 +100,8 @@ fn invalid_configs_are_refused() {
         r#"{"format":"A{SEQ:3}","utc_offset":"+15:00"}"#,
         r#"{"format":"A{SEQ:3}","utc_offset":"0800"}"#,
         r#"{"format":"A{SEQ:3}","strict":"yes"}"#,
-        r#"{"format":"A{SEQ:3}","initial_seq":5}"#,
+        r#"{"format":"A{SEQ:3}","mode":"snowflake","strict":true}"#,
+        r#"{"format":"A{SEQ:19}","reset":"yearly"}"#,
     ] {
         refused(&s, "C1", body, 400, "INVALID_CONFIG");
     }
@@ -165,10 +166,12 @@ fn put_creates_replaces_and_never_rewinds() {
     assert_eq!(next(&s, "INV"), ("NEW-50003".into(), 50_003));
 
     // Snowflake: replacing keeps the prefix's clock.
-    s.register("SNOW", r#"{"format":"S-{SEQ:3}"}"#);
+    s.register("SNOW", r#"{"format":"S-{SEQ:3}","mode":"snowflake"}"#);
     let (_, before) = next(&s, "SNOW");
+    // Without `mode` the key keeps its own (SPEC 1.0).
     let r = s.admin("PUT", "/prefix-configs/SNOW", r#"{"format":"T-{SEQ:3}"}"#);
     assert_eq!(r.status, 200);
+    assert_eq!(r.json()["config"]["mode"], "snowflake");
     let (number, after) = next(&s, "SNOW");
     assert!(after > before);
     assert_eq!(number, format!("T-{after}"));
@@ -178,7 +181,7 @@ fn put_creates_replaces_and_never_rewinds() {
 fn deleted_prefixes_never_repeat_a_number() {
     let mut s = Server::start(ServerOpts::default());
     let seq = r#"{"format":"D-{SEQ:3}","mode":"sequence"}"#;
-    let snow = r#"{"format":"E-{SEQ:3}"}"#;
+    let snow = r#"{"format":"E-{SEQ:3}","mode":"snowflake"}"#;
     s.register("DSEQ", seq);
     s.register("DSNOW", snow);
     let mut seq_seen = vec![next(&s, "DSEQ").1, next(&s, "DSEQ").1];

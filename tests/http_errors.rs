@@ -139,7 +139,7 @@ fn a_wrong_method_is_405_with_an_allow_header_that_lists_the_right_ones() {
 #[test]
 fn conflicts_leave_the_first_config() {
     let s = Server::start(ServerOpts::default());
-    s.register("DUP", r#"{"format":"DUP-{SEQ:3}"}"#);
+    s.register("DUP", r#"{"format":"DUP-{SEQ:3}","mode":"snowflake"}"#);
     let v = assert_error(
         &s.admin(
             "POST",
@@ -167,7 +167,11 @@ fn conflicts_leave_the_first_config() {
     );
     s.register("SEQ", r#"{"format":"S{SEQ:3}","mode":"sequence"}"#);
     assert_error(
-        &s.admin("PUT", "/prefix-configs/SEQ", r#"{"format":"S{SEQ:3}"}"#),
+        &s.admin(
+            "PUT",
+            "/prefix-configs/SEQ",
+            r#"{"format":"S{SEQ:3}","mode":"snowflake"}"#,
+        ),
         409,
         "MODE_CHANGE",
     );

@@ -263,7 +263,7 @@ fn fuzz_request(rng: &mut Rng, token: &str) -> Fuzzed {
 #[test]
 fn malformed_requests_never_get_a_500() {
     let mut s = Server::start(ServerOpts::default());
-    s.register("FUZZ", r#"{"format":"FZ-{SEQ:3}"}"#);
+    s.register("FUZZ", r#"{"format":"FZ-{SEQ:3}","mode":"snowflake"}"#);
     s.register("K", r#"{"format":"K-{SEQ:3}","mode":"sequence"}"#);
     let token = s.token();
     let seed = std::env::var("NUMGEN_FUZZ_SEED")

@@ -65,7 +65,7 @@ fn numbers_batches_text_and_headers() {
 #[test]
 fn snowflake_batches_increase_in_issue_order_and_keep_alive_works() {
     let s = Server::start(ServerOpts::default());
-    s.register("SF", r#"{"format":"SF-{SEQ:3}"}"#);
+    s.register("SF", r#"{"format":"SF-{SEQ:3}","mode":"snowflake"}"#);
     let text = [("Accept", "text/plain")];
     // Snowflake: strictly increasing in issue order, within and across batches.
     let mut last = 0u64;
@@ -140,7 +140,7 @@ fn refused_overflowing_batches_do_not_burn_the_last_numbers() {
 fn a_graceful_stop_gives_the_sequence_tail_back() {
     let mut s = Server::start(ServerOpts::default());
     s.register("TAIL", r#"{"format":"T-{SEQ:3}","mode":"sequence"}"#);
-    s.register("TAILSF", r#"{"format":"S-{SEQ:3}"}"#);
+    s.register("TAILSF", r#"{"format":"S-{SEQ:3}","mode":"snowflake"}"#);
     assert_eq!(batch_of(&s.get("/numbers/TAIL?count=3")).len(), 3);
     let (_, snow) = next(&s, "TAILSF");
     let status = s.terminate();
@@ -155,7 +155,7 @@ fn a_graceful_stop_gives_the_sequence_tail_back() {
 #[test]
 fn not_ready_while_the_clock_is_behind_a_crashed_nodes_reservation() {
     let mut s = Server::start(ServerOpts::default());
-    s.register("NR", r#"{"format":"NR-{SEQ:3}"}"#);
+    s.register("NR", r#"{"format":"NR-{SEQ:3}","mode":"snowflake"}"#);
     s.register("NRSEQ", r#"{"format":"NS-{SEQ:3}","mode":"sequence"}"#);
     let (_, before) = next(&s, "NR");
     // A crash leaves timestamps reserved ahead of the clock; the restarted node waits.
@@ -209,7 +209,7 @@ fn seq_config(literal: &str) -> String {
 }
 
 fn snow_config(literal: &str) -> String {
-    json!({"format": format!("{literal}-{{SEQ:3}}")}).to_string()
+    json!({"format": format!("{literal}-{{SEQ:3}}"), "mode": "snowflake"}).to_string()
 }
 
 /// Replaces `CSEQ` and `CSNOW` with another format each round, every third round also

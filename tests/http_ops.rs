@@ -71,7 +71,10 @@ fn every_route_also_under_api() {
 /// its first number.
 fn node_5_in_dc_2() -> (Server, u64) {
     let s = Server::start(ServerOpts::default().arg("--worker-id=5").arg("--dc-id=2"));
-    s.register("DEC", r#"{"format":"DEC-{SEQ:3}-{worker}-{dc}{flag}"}"#);
+    s.register(
+        "DEC",
+        r#"{"format":"DEC-{SEQ:3}-{worker}-{dc}{flag}","mode":"snowflake"}"#,
+    );
     (s, now_ms())
 }
 
@@ -79,7 +82,8 @@ fn node_5_in_dc_2() -> (Server, u64) {
 fn ids_decode_every_field_of_this_layout() {
     let (s, before) = node_5_in_dc_2();
     let (number, id) = next(&s, "DEC");
-    assert_eq!(number, format!("DEC-{id}-5-2"));
+    // The worker in two digits (6 worker bits), the datacenter in one (3 bits).
+    assert_eq!(number, format!("DEC-{id}-05-2"));
     for path in [format!("/ids/{id}"), format!("/api/ids/{id}")] {
         let v = s.get(&path).json();
         assert_eq!(v["id"], id.to_string());
@@ -140,7 +144,7 @@ fn date_fields_come_from_the_ids_own_timestamp() {
     for (key, offset) in [("EAST", "+14:00"), ("WEST", "-12:00"), ("ODD", "+05:45")] {
         s.register(
             key,
-            &json!({"format": "{date}T{hour}.{yy}.{year}{month}{day}-{SEQ:1}", "utc_offset": offset})
+            &json!({"format": "{date}T{hour}.{yy}.{year}{month}{day}-{SEQ:1}", "utc_offset": offset, "mode": "snowflake"})
                 .to_string(),
         );
         let (number, id) = next(&s, key);

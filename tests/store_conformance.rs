@@ -37,10 +37,12 @@ use common::etcd::Etcd;
 /// of `/numgen`.
 const ROOT: &str = "/conformance/numgen";
 
+/// A config of `format` (its width from `{SEQ:N}`) in `mode`.
 fn config(format: &str, mode: Mode) -> PrefixConfig {
+    let template = numgen::format::Template::parse(format, None).expect("a {SEQ:N} template");
     PrefixConfig {
         format: format.to_string(),
-        seq_length: 6,
+        seq_length: template.seq_width(),
         initial_seq: 0,
         mode,
         reset: Reset::Never,
@@ -89,7 +91,8 @@ mod suite {
 
     use numgen::prefix::{Mode, Reset, UtcOffset};
     use numgen::store::{
-        AUDIT_KEEP, AuditAction, AuditMeta, SeqBlock, Store, StoreError, Written, counter_name,
+        AUDIT_KEEP, AuditAction, AuditMeta, PrefixRecord, SeqBlock, SeqGuard, Store, StoreError,
+        Written, counter_name,
     };
 
     use super::config;
@@ -146,13 +149,18 @@ mod suite {
         );
         assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(second));
 
-        // Once deleted, the key may come back in any mode.
+        // Once deleted, the key still keeps its mode (SPEC 1.3).
         assert!(s.delete_prefix("ORDER").await.unwrap());
         assert_eq!(
             s.replace_prefix("ORDER", &other_mode).await.unwrap(),
+            Written::ModeChange(Mode::Snowflake)
+        );
+        assert_eq!(s.get_prefix("ORDER").await.unwrap(), None);
+        let back = config("ORD-{SEQ:8}", Mode::Snowflake);
+        assert_eq!(
+            s.replace_prefix("ORDER", &back).await.unwrap(),
             Written::Created
         );
-        assert_eq!(s.get_prefix("ORDER").await.unwrap(), Some(other_mode));
     }
 
     pub async fn delete_keeps_counters(s: Arc<dyn Store>) {
@@ -210,7 +218,7 @@ mod suite {
         );
         assert_eq!(s.get_prefix("INV").await.unwrap(), Some(wider));
 
-        // The binding outlives DELETE, and a spell in snowflake mode.
+        // The binding outlives DELETE; so does the mode.
         assert!(s.delete_prefix("INV").await.unwrap());
         assert_eq!(
             s.create_prefix("INV", &yearly).await.unwrap(),
@@ -224,37 +232,212 @@ mod suite {
         let snow = config("INV-{SEQ:6}", Mode::Snowflake);
         assert_eq!(
             s.create_prefix("INV", &snow).await.unwrap(),
-            Written::Created
-        );
-        assert!(s.delete_prefix("INV").await.unwrap());
-        assert_eq!(
-            s.create_prefix("INV", &yearly).await.unwrap(),
-            Written::ResetChange(Reset::Never)
+            Written::ModeChange(Mode::Sequence)
         );
         assert_eq!(
             s.create_prefix("INV", &never).await.unwrap(),
             Written::Created
         );
 
-        // Snowflake prefixes bind nothing; the first sequence config does, through PUT too.
+        // Snowflake prefixes bind no reset; the first sequence config does, through PUT too.
         assert_eq!(
             s.create_prefix("SNOW", &snow).await.unwrap(),
             Written::Created
         );
         assert!(s.delete_prefix("SNOW").await.unwrap());
         let daily = super::PrefixConfig {
+            format: "INV-{date}-{SEQ:6}".into(),
             reset: Reset::Daily,
             ..never.clone()
         };
         assert_eq!(
-            s.replace_prefix("SNOW", &daily).await.unwrap(),
+            s.replace_prefix("DAY", &daily).await.unwrap(),
             Written::Created
         );
-        assert!(s.delete_prefix("SNOW").await.unwrap());
+        assert!(s.delete_prefix("DAY").await.unwrap());
         assert_eq!(
-            s.create_prefix("SNOW", &never).await.unwrap(),
+            s.create_prefix("DAY", &never).await.unwrap(),
             Written::ResetChange(Reset::Daily)
         );
+        let record = s.prefix_record("SNOW").await.unwrap().unwrap();
+        assert_eq!((record.mode, record.reset), (Mode::Snowflake, None));
+    }
+
+    fn guard<'a>(c: &'a super::PrefixConfig) -> SeqGuard<'a> {
+        SeqGuard::of("K", c)
+    }
+
+    /// The key's record (mode, reset, format history) survives DELETE; a format that could
+    /// render an earlier one's string is refused; blocks are reserved (and given back) for
+    /// the current format only.
+    pub async fn format_history(s: Arc<dyn Store>) {
+        let a = config("A{SEQ:1}", Mode::Sequence);
+        let a1 = config("A1{SEQ:1}", Mode::Sequence);
+        assert_eq!(s.prefix_record("K").await.unwrap(), None);
+        assert_eq!(s.create_prefix("K", &a).await.unwrap(), Written::Created);
+        assert_eq!(
+            s.reserve_seq_as("K", 5, 0, Some(&guard(&a))).await.unwrap(),
+            block(1, 5)
+        );
+        assert_eq!(s.replace_prefix("K", &a1).await.unwrap(), Written::Replaced);
+        let record = s.prefix_record("K").await.unwrap().unwrap();
+        assert_eq!(
+            record
+                .formats
+                .iter()
+                .map(|f| (f.format.as_str(), f.lo, f.hi))
+                .collect::<Vec<_>>(),
+            [("A{SEQ:1}", 1, Some(5)), ("A1{SEQ:1}", 6, None)]
+        );
+        // The old format reserves and releases nothing more; the new one goes on.
+        assert_eq!(
+            s.reserve_seq_as("K", 5, 0, Some(&guard(&a))).await,
+            Err(StoreError::FormatReplaced("K".into()))
+        );
+        assert!(!s.release_seq_as("K", 5, 3, Some(&guard(&a))).await.unwrap());
+        assert_eq!(s.get_seq("K").await.unwrap(), Some(5));
+        assert_eq!(
+            s.reserve_seq_as("K", 5, 0, Some(&guard(&a1)))
+                .await
+                .unwrap(),
+            block(6, 10)
+        );
+        assert!(
+            s.release_seq_as("K", 10, 7, Some(&guard(&a1)))
+                .await
+                .unwrap()
+        );
+        // Back to `A{SEQ:1}` from 8: it would render A16, which `A1{SEQ:1}` rendered at 6.
+        match s.replace_prefix("K", &a).await.unwrap() {
+            Written::FormatClash(clash) => {
+                assert_eq!(clash.earlier, "A1{SEQ:1}");
+                assert_eq!(clash.values, Some((6, 7)));
+                assert!(clash.example.starts_with("A1"), "{clash:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refused writes change nothing; the history survives DELETE, and so does its check.
+        assert!(s.delete_prefix("K").await.unwrap());
+        assert_eq!(
+            s.prefix_record("K").await.unwrap(),
+            Some(PrefixRecord { ..record })
+        );
+        assert!(matches!(
+            s.create_prefix("K", &a).await.unwrap(),
+            Written::FormatClash(_)
+        ));
+        assert_eq!(s.create_prefix("K", &a1).await.unwrap(), Written::Created);
+        assert_eq!(s.reserve_seq("K", 1, 0).await.unwrap(), block(8, 8));
+    }
+
+    /// A resetting prefix's mark is the highest counter of any period.
+    pub async fn format_history_over_periods(s: Arc<dyn Store>) {
+        let yearly = |format: &str| super::PrefixConfig {
+            reset: Reset::Yearly,
+            ..config(format, Mode::Sequence)
+        };
+        let (four, three) = (yearly("I-{year}-{SEQ:4}"), yearly("I-{year}-{SEQ:3}"));
+        assert_eq!(s.create_prefix("K", &four).await.unwrap(), Written::Created);
+        for (period, size) in [("2024", 40), ("2025", 999), ("2026", 3)] {
+            let counter = counter_name("K", Some(period));
+            s.reserve_seq_as(&counter, size, 0, Some(&guard(&four)))
+                .await
+                .unwrap();
+        }
+        // {SEQ:3} renders 1000 as 1000, as {SEQ:4} does: only if some period reached it.
+        assert_eq!(
+            s.replace_prefix("K", &three).await.unwrap(),
+            Written::Replaced
+        );
+        let record = s.prefix_record("K").await.unwrap().unwrap();
+        assert_eq!(record.formats[0].hi, Some(999));
+        assert_eq!(record.reset, Some(Reset::Yearly));
+        let counter = counter_name("K", Some("2026"));
+        s.reserve_seq_as(&counter, 997, 0, Some(&guard(&three)))
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.replace_prefix("K", &yearly("I-{year}-{SEQ:4}"))
+                .await
+                .unwrap(),
+            Written::FormatClash(_)
+        ));
+    }
+
+    /// Formats replaced while other callers reserve blocks: every block lies within the
+    /// values recorded for the format it was reserved for, and writers racing the first
+    /// registration agree on one mode.
+    pub async fn concurrent_format_switches(s: Arc<dyn Store>) {
+        let formats: Vec<_> = (0..4)
+            .map(|i| config(&format!("F{i}-{{SEQ:1}}"), Mode::Sequence))
+            .collect();
+        let mut first = tokio::task::JoinSet::new();
+        for mode in [
+            Mode::Sequence,
+            Mode::Snowflake,
+            Mode::Sequence,
+            Mode::Snowflake,
+        ] {
+            let (s, c) = (s.clone(), config("F0-{SEQ:1}", mode));
+            first.spawn(async move { (mode, s.replace_prefix("K", &c).await.unwrap()) });
+        }
+        let mut winners = Vec::new();
+        while let Some(r) = first.join_next().await {
+            match r.unwrap() {
+                (mode, w) if w.wrote() => winners.push(mode),
+                (mode, Written::ModeChange(other)) => assert_ne!(mode, other),
+                other => panic!("{other:?}"),
+            }
+        }
+        winners.dedup();
+        assert_eq!(winners.len(), 1, "{winners:?}");
+        let mode = winners[0];
+        if mode == Mode::Snowflake {
+            assert!(s.delete_prefix("K").await.unwrap());
+            return;
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..4 {
+            let (s, formats) = (s.clone(), formats.clone());
+            tasks.spawn(async move {
+                let mut got = Vec::new();
+                while got.len() < 40 {
+                    let record = s.prefix_record("K").await.unwrap().unwrap();
+                    let current = record.formats.last().unwrap().format.clone();
+                    let c = formats.iter().find(|c| c.format == current).unwrap();
+                    match s.reserve_seq_as("K", 3, 0, Some(&guard(c))).await {
+                        Ok(b) => got.push((current, b)),
+                        Err(StoreError::FormatReplaced(_)) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                got
+            });
+        }
+        for w in 0..2 {
+            let (s, formats) = (s.clone(), formats.clone());
+            tasks.spawn(async move {
+                for i in 0..12 {
+                    let c = &formats[(i * 3 + w) % formats.len()];
+                    assert!(s.replace_prefix("K", c).await.unwrap().wrote());
+                }
+                Vec::new()
+            });
+        }
+        let mut blocks = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            blocks.extend(r.unwrap());
+        }
+        let record = s.prefix_record("K").await.unwrap().unwrap();
+        let mark = s.get_seq("K").await.unwrap().unwrap();
+        for (format, b) in &blocks {
+            let inside = record
+                .formats
+                .iter()
+                .any(|f| f.format == *format && f.lo <= b.start && b.end <= f.hi.unwrap_or(mark));
+            assert!(inside, "{format} {b:?} outside {:?}", record.formats);
+        }
+        assert_eq!(blocks.len(), 160);
     }
 
     fn by(peer: &str, time_ms: u64) -> AuditMeta {
@@ -648,6 +831,9 @@ conformance!(
     delete_keeps_counters,
     reset_binding,
     audit_history,
+    format_history,
+    format_history_over_periods,
+    concurrent_format_switches,
     list,
     reserve_from_initial,
     overflow,
@@ -969,7 +1155,10 @@ async fn etcd_keys_follow_the_spec_layout() {
             ("/t/numgen/hwm/0/0".into(), "1763700000000".into()),
             ("/t/numgen/layout".into(), "L1".into()),
             ("/t/numgen/prefixes/ORDER".into(), json),
-            ("/t/numgen/seq-reset/ORDER".into(), "never".into()),
+            (
+                "/t/numgen/records/ORDER".into(),
+                r#"{"mode":"sequence","reset":"never","formats":[{"format":"ORDER-{SEQ:6}","seq_length":6,"lo":1}]}"#.into()
+            ),
             ("/t/numgen/seq/ORDER".into(), "10".into()),
             ("/t/numgen/seq/ORDER/2025".into(), "5".into()),
         ]

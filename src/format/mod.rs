@@ -3,6 +3,7 @@
 //! response buffer for every number.
 
 mod civil;
+pub mod clash;
 
 pub use civil::{Civil, civil_from_unix_ms};
 
@@ -56,12 +57,83 @@ enum Part {
     Flag,
 }
 
+impl Part {
+    /// The placeholder's name as written (the sequence's as `{SEQ}`); `None` for literals.
+    fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Part::Literal(_) => return None,
+            Part::Seq => "{SEQ}",
+            Part::Prefix => "{prefix}",
+            Part::Year => "{year}",
+            Part::Yy => "{yy}",
+            Part::Month => "{month}",
+            Part::Day => "{day}",
+            Part::Hour => "{hour}",
+            Part::Date => "{date}",
+            Part::Dc => "{dc}",
+            Part::Worker => "{worker}",
+            Part::Flag => "{flag}",
+        })
+    }
+}
+
 /// A parsed template.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
     seq_width: u8,
     uses_date: bool,
+}
+
+/// The largest `{dc}` and `{worker}` values of the layout, and the widths they render at:
+/// the decimal width of the largest value (SPEC 1.3: 6 worker bits render `07`), so that
+/// every placeholder but the sequence has a fixed width and a rendered string reads back
+/// to one (value, fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeWidths {
+    dc_max: u64,
+    worker_max: u64,
+    dc: u8,
+    worker: u8,
+}
+
+impl NodeWidths {
+    pub fn new(dc_max: u64, worker_max: u64) -> NodeWidths {
+        let width = |max: u64| itoa::Buffer::new().format(max).len() as u8;
+        NodeWidths {
+            dc_max,
+            worker_max,
+            dc: width(dc_max),
+            worker: width(worker_max),
+        }
+    }
+
+    /// The widths under `layout`.
+    pub fn of_layout(layout: &crate::id::Layout) -> NodeWidths {
+        NodeWidths::new(layout.max_datacenter(), layout.max_worker())
+    }
+
+    pub fn dc_max(&self) -> u64 {
+        self.dc_max
+    }
+    pub fn worker_max(&self) -> u64 {
+        self.worker_max
+    }
+    /// Digits `{dc}` renders.
+    pub fn dc(&self) -> usize {
+        usize::from(self.dc)
+    }
+    /// Digits `{worker}` renders.
+    pub fn worker(&self) -> usize {
+        usize::from(self.worker)
+    }
+}
+
+impl Default for NodeWidths {
+    /// The default layout's: 3 datacenter bits (`7`), 6 worker bits (`63`).
+    fn default() -> Self {
+        NodeWidths::new(7, 63)
+    }
 }
 
 /// Everything one number's rendering may use.
@@ -76,6 +148,8 @@ pub struct RenderCtx<'a> {
     pub offset_s: i32,
     pub dc: u64,
     pub worker: u64,
+    /// The widths `{dc}` and `{worker}` are padded to.
+    pub widths: NodeWidths,
     pub degraded: bool,
 }
 
@@ -195,6 +269,12 @@ impl Template {
         self.uses_date
     }
 
+    /// True when the template has the placeholder `name` (`"{month}"`); the sequence
+    /// placeholder is `"{SEQ}"` whatever its width.
+    pub fn has(&self, name: &str) -> bool {
+        self.parts.iter().any(|p| p.name() == Some(name))
+    }
+
     /// Appends one rendered number to `out`.
     #[inline]
     pub fn render(&self, out: &mut Vec<u8>, ctx: &RenderCtx<'_>) {
@@ -224,8 +304,8 @@ impl Template {
                     push_padded(out, u64::from(civil.month), 2);
                     push_padded(out, u64::from(civil.day), 2);
                 }
-                Part::Dc => out.extend_from_slice(buf.format(ctx.dc).as_bytes()),
-                Part::Worker => out.extend_from_slice(buf.format(ctx.worker).as_bytes()),
+                Part::Dc => push_padded(out, ctx.dc, ctx.widths.dc()),
+                Part::Worker => push_padded(out, ctx.worker, ctx.widths.worker()),
                 Part::Flag => {
                     if ctx.degraded {
                         out.push(b'D');
@@ -265,6 +345,7 @@ mod tests {
             offset_s: 0,
             dc: 3,
             worker: 17,
+            widths: NodeWidths::default(),
             degraded: false,
         }
     }
@@ -361,6 +442,8 @@ mod tests {
             t.render_string(&ctx(7)),
             "ORDERS/2025.25:11-21_23#20251121-3-17-007"
         );
+        assert!(t.has("{hour}") && t.has("{SEQ}") && t.has("{flag}"));
+        assert!(!Template::parse("{SEQ:1}", None).unwrap().has("{year}"));
         let degraded = RenderCtx {
             degraded: true,
             ..ctx(7)
@@ -374,6 +457,25 @@ mod tests {
             t.render_string(&plus_one_hour)
                 .contains(":11-22_00#20251122")
         );
+    }
+
+    #[test]
+    fn dc_and_worker_are_padded_to_the_layout_width() {
+        let t = Template::parse("{dc}.{worker}-{SEQ:1}", None).unwrap();
+        let at = |dc, worker, widths| RenderCtx {
+            dc,
+            worker,
+            widths,
+            ..ctx(5)
+        };
+        // 3 datacenter bits, 6 worker bits: one and two digits.
+        assert_eq!(t.render_string(&at(3, 7, NodeWidths::default())), "3.07-5");
+        assert_eq!(t.render_string(&at(7, 63, NodeWidths::default())), "7.63-5");
+        // 10 worker bits: four digits; no datacenter bits: always `0`.
+        let wide = NodeWidths::new(0, 1023);
+        assert_eq!((wide.dc(), wide.worker()), (1, 4));
+        assert_eq!(t.render_string(&at(0, 12, wide)), "0.0012-5");
+        assert_eq!((wide.dc_max(), wide.worker_max()), (0, 1023));
     }
 
     #[test]
@@ -393,7 +495,21 @@ mod tests {
             Just(("{year}".to_string(), "2025".to_string())),
             Just(("{date}".to_string(), "20251121".to_string())),
             Just(("{worker}".to_string(), "17".to_string())),
+            Just(("{dc}".to_string(), "3".to_string())),
             Just(("{flag}".to_string(), String::new())),
+        ]
+    }
+
+    /// Any template piece but the sequence placeholder.
+    fn injective_piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            1 => "[A-Za-z0-9._/:#-]{1,4}",
+            3 =>
+            prop::sample::select(vec![
+                "{prefix}", "{year}", "{yy}", "{month}", "{day}", "{hour}", "{date}", "{dc}",
+                "{worker}", "{flag}", "D", "0", "1",
+            ])
+            .prop_map(String::from),
         ]
     }
 
@@ -412,6 +528,58 @@ mod tests {
                 .chain(after.iter().map(|p| p.1.clone())).collect();
             let t = Template::parse(&src, None).unwrap();
             prop_assert_eq!(t.render_string(&ctx(value)), want);
+        }
+
+        /// Rendering is injective (SPEC 1.3): for any accepted template, two numbers render
+        /// the same string only when their value and every field the template shows are
+        /// equal. Every combination of small sets of values and fields is rendered, so that
+        /// near-collisions (values across a power of ten, workers 1 and 12, dates a year,
+        /// month, day or hour apart, degraded or not) are tried every time.
+        #[test]
+        fn rendering_is_injective(
+            pieces in proptest::collection::vec(injective_piece(), 0..5),
+            at in 0usize..5,
+            width in prop_oneof![1u8..=3, 1u8..=20],
+            worker_bits in 1u32..=10,
+            big in any::<u64>(),
+        ) {
+            let mut pieces = pieces;
+            pieces.insert(at.min(pieces.len()), format!("{{SEQ:{width}}}"));
+            let src = pieces.concat();
+            prop_assume!(src.chars().count() <= MAX_TEMPLATE_LEN);
+            let t = Template::parse(&src, None).unwrap();
+            let widths = NodeWidths::new(3, (1u64 << worker_bits) - 1);
+            // A date, and a year, a month, a day and an hour later.
+            let dates = [1_763_767_356_500u64, 1_795_303_356_500, 1_766_445_756_500,
+                1_763_853_756_500, 1_763_770_956_500];
+            let values: Vec<u64> = (0..30).chain(95..106).chain(995..1006).chain([big]).collect();
+            let mut by_string: std::collections::HashMap<String, Vec<u64>> = Default::default();
+            for (&value, &unix_ms) in values.iter().flat_map(|v| dates.iter().map(move |d| (v, d))) {
+                let civil = civil_from_unix_ms(unix_ms, 0);
+                for (dc, worker, degraded) in (0..3).flat_map(|dc| {
+                    [0u64, 1, 2, 7, 12, 21, 123]
+                        .into_iter()
+                        .flat_map(move |w| [(dc, w, false), (dc, w, true)])
+                }) {
+                    let worker = worker & widths.worker_max();
+                    let c = RenderCtx { value, unix_ms, dc, worker, degraded, widths, ..ctx(0) };
+                    let shown = |name: &str, v: u64| if t.has(name) { v } else { u64::MAX };
+                    let visible = [
+                        value,
+                        shown("{year}", u64::from(civil.year)),
+                        shown("{yy}", u64::from(civil.year % 100)),
+                        shown("{month}", u64::from(civil.month)),
+                        shown("{day}", u64::from(civil.day)),
+                        shown("{hour}", u64::from(civil.hour)),
+                        shown("{date}", u64::from(civil.year * 10_000 + u32::from(civil.month) * 100 + u32::from(civil.day))),
+                        shown("{dc}", dc),
+                        shown("{worker}", worker),
+                        shown("{flag}", u64::from(degraded)),
+                    ];
+                    let before = by_string.entry(t.render_string(&c)).or_insert(visible.to_vec());
+                    prop_assert_eq!(&before[..], &visible[..], "{}", src);
+                }
+            }
         }
 
         #[test]

@@ -50,6 +50,8 @@ pub enum ApiError {
     #[error("{0}")]
     ModeChange(String),
     #[error("{0}")]
+    FormatClash(String),
+    #[error("{0}")]
     SequenceOverflow(String),
     #[error("request body is larger than 16 KiB")]
     BodyTooLarge,
@@ -81,9 +83,10 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PrefixExists | ApiError::ModeChange(_) | ApiError::SequenceOverflow(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::PrefixExists
+            | ApiError::ModeChange(_)
+            | ApiError::FormatClash(_)
+            | ApiError::SequenceOverflow(_) => StatusCode::CONFLICT,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady { .. } | ApiError::StorageUnavailable(_) | ApiError::Internal(_) => {
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => "METHOD_NOT_ALLOWED",
             ApiError::PrefixExists => "PREFIX_EXISTS",
             ApiError::ModeChange(_) => "MODE_CHANGE",
+            ApiError::FormatClash(_) => "FORMAT_CLASH",
             ApiError::SequenceOverflow(_) => "SEQUENCE_OVERFLOW",
             ApiError::BodyTooLarge => "BODY_TOO_LARGE",
             ApiError::RateLimited { .. } => "RATE_LIMITED",
@@ -194,7 +198,9 @@ impl From<PrefixError> for ApiError {
                 ApiError::InvalidFormat("Missing {SEQ} tag".into())
             }
             PrefixError::Format(t) => ApiError::InvalidFormat(format!("invalid format: {t}")),
-            PrefixError::MissingFormat => ApiError::InvalidFormat(e.to_string()),
+            PrefixError::MissingFormat | PrefixError::ResetNeedsPeriod { .. } => {
+                ApiError::InvalidFormat(e.to_string())
+            }
             PrefixError::Field(m) => ApiError::InvalidConfig(m),
         }
     }
@@ -228,6 +234,7 @@ impl From<AdminError> for ApiError {
             AdminError::ModeChange { .. } | AdminError::ResetChange { .. } => {
                 ApiError::ModeChange(e.to_string())
             }
+            AdminError::FormatClash { .. } => ApiError::FormatClash(e.to_string()),
             AdminError::NotFound(_) => ApiError::NotFound(e.to_string()),
             AdminError::Config(c) => c.into(),
             AdminError::Storage(s) => s.into(),
@@ -267,6 +274,7 @@ mod tests {
             ),
             (ApiError::PrefixExists, 409, "PREFIX_EXISTS"),
             (ApiError::ModeChange("x".into()), 409, "MODE_CHANGE"),
+            (ApiError::FormatClash("x".into()), 409, "FORMAT_CLASH"),
             (
                 ApiError::SequenceOverflow("x".into()),
                 409,

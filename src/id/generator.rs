@@ -136,6 +136,20 @@ impl LastIssued {
     }
 }
 
+impl LastIssued {
+    /// Makes every later number's timestamp at least `timestamp`: the state moves up to
+    /// the last value of the unit before, never down. A snowflake prefix's floor
+    /// (`initial_seq`, SPEC 1.3) starts its numbers in the unit after the floor's.
+    pub fn start_at(&self, generator: &Generator, timestamp: u64) {
+        let target = (timestamp << generator.sequence_bits).saturating_sub(1);
+        let _ = self
+            .state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                ((old & !DEGRADED_FLAG) < target).then_some(target)
+            });
+    }
+}
+
 /// The state of a sealed prefix: the highest packed value, past every layout's timestamps.
 const SEALED: u64 = !DEGRADED_FLAG;
 
@@ -321,6 +335,30 @@ mod tests {
         assert_eq!(later.first, 102 << 12);
         assert_eq!(c.last_timestamp(&g), 102);
         assert!(one(&g, &l, &c, &bounds(500)).unwrap() > l.compose_packed(102 << 12, false, 0));
+    }
+
+    #[test]
+    fn a_floor_starts_numbers_in_the_unit_after_it() {
+        let (l, g) = generator();
+        let c = LastIssued::new();
+        c.start_at(&g, 150);
+        // The clock is behind the floor: the numbers wait for it (or, further, degrade).
+        assert_eq!(
+            g.next(&c, 1, &bounds(100)).unwrap().degraded,
+            Some(DegradeReason::ClockBackward)
+        );
+        let c = LastIssued::new();
+        c.start_at(&g, 150);
+        assert_eq!(g.next(&c, 1, &bounds(149)).unwrap().first, 150 << 12);
+        // Never down.
+        c.start_at(&g, 10);
+        assert_eq!(g.next(&c, 1, &bounds(149)).unwrap().first, (150 << 12) + 1);
+        let id = one(&g, &l, &c, &bounds(200)).unwrap();
+        assert_eq!(l.decompose(id).unwrap().timestamp, 200);
+        // A sealed prefix stays sealed.
+        c.seal(&g);
+        c.start_at(&g, 1000);
+        assert_eq!(c.last_timestamp(&g), SEALED >> 12);
     }
 
     #[test]

@@ -231,6 +231,18 @@ impl Layout {
             | (parts.sequence & self.sequence_mask)
     }
 
+    /// The smallest ID with timestamp `units` (datacenter, worker and sequence 0).
+    pub fn first_id_at(&self, units: u64) -> u64 {
+        (units & self.timestamp_mask) << self.timestamp_shift
+    }
+
+    /// The first timestamp all of whose IDs lie above `id` (past the last timestamp when
+    /// `id` is not an ID of this layout).
+    pub fn timestamp_above(&self, id: u64) -> u64 {
+        self.decompose(id)
+            .map_or(self.timestamp_mask.saturating_add(1), |p| p.timestamp + 1)
+    }
+
     /// The fields of `id`; `None` when the sign bit is set (not an ID of any layout).
     pub fn decompose(&self, id: u64) -> Option<IdParts> {
         if id >> 63 != 0 {
@@ -261,6 +273,17 @@ mod tests {
             sequence_bits: s,
             ..LayoutSettings::default()
         }
+    }
+
+    #[test]
+    fn ids_above_a_floor() {
+        let l = Layout::from_widths(LayoutSettings::default()).unwrap();
+        let first = l.first_id_at(1000);
+        assert_eq!(l.decompose(first).unwrap().timestamp, 1000);
+        assert_eq!(l.decompose(first - 1).unwrap().timestamp, 999);
+        assert_eq!(l.timestamp_above(first - 1), 1000);
+        assert_eq!(l.timestamp_above(first), 1001);
+        assert_eq!(l.timestamp_above(u64::MAX), l.max_timestamp() + 1);
     }
 
     #[test]

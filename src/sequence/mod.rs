@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 
 use crate::format::civil_from_unix_ms;
 use crate::prefix::{PrefixConfig, Reset, UtcOffset};
-use crate::store::{SeqBlock, Store, StoreError, counter_name};
+use crate::store::{SeqBlock, SeqGuard, Store, StoreError, counter_name};
 
 /// Block size when a counter starts (SPEC: 1000).
 pub const BASE_BLOCK: u64 = 1000;
@@ -95,6 +95,9 @@ struct State {
 /// One prefix's counter on this node.
 pub struct SeqAllocator {
     key: Arc<str>,
+    /// The format it renders with: blocks are reserved for it alone ([`SeqGuard`]).
+    format: String,
+    seq_length: u8,
     initial: u64,
     strict: bool,
     reset: Reset,
@@ -115,6 +118,8 @@ impl SeqAllocator {
     ) -> SeqAllocator {
         SeqAllocator {
             key,
+            format: config.format.clone(),
+            seq_length: config.seq_length,
             initial: config.initial_seq,
             strict: config.strict,
             reset: config.reset,
@@ -142,9 +147,23 @@ impl SeqAllocator {
         counter_name(&self.key, period)
     }
 
+    fn guard(&self) -> SeqGuard<'_> {
+        SeqGuard {
+            key: &self.key,
+            format: &self.format,
+            seq_length: self.seq_length,
+        }
+    }
+
     fn map_store(&self, e: StoreError) -> SeqError {
         match e {
             StoreError::Overflow(_) => SeqError::Overflow(self.key.to_string()),
+            StoreError::FormatReplaced(_) => {
+                // Another node replaced the format: this allocator renders the old one, so
+                // it reserves nothing more; requests look the prefix up again.
+                self.lock().closed = true;
+                SeqError::Closed
+            }
             other => SeqError::Store(other),
         }
     }
@@ -277,7 +296,12 @@ impl SeqAllocator {
         };
         let block = self
             .store
-            .reserve_seq(&self.counter(period), size, self.initial)
+            .reserve_seq_as(
+                &self.counter(period),
+                size,
+                self.initial,
+                Some(&self.guard()),
+            )
             .await
             .map_err(|e| self.map_store(e))?;
         self.reserved_total.inc();
@@ -314,7 +338,7 @@ impl SeqAllocator {
         let counter = self.counter(period.as_deref());
         let block = self
             .store
-            .reserve_seq(&counter, want, self.initial)
+            .reserve_seq_as(&counter, want, self.initial, Some(&self.guard()))
             .await
             .map_err(|e| self.map_store(e))?;
         self.reserved_total.inc();
@@ -323,7 +347,7 @@ impl SeqAllocator {
             // and a smaller request can still have those numbers.
             let _ = self
                 .store
-                .release_seq(&counter, block.end, block.start - 1)
+                .release_seq_as(&counter, block.end, block.start - 1, Some(&self.guard()))
                 .await;
             return Err(SeqError::Overflow(self.key.to_string()));
         }
@@ -337,7 +361,11 @@ impl SeqAllocator {
             if b.remaining() == 0 {
                 break;
             }
-            match self.store.release_seq(&counter, b.end, b.next - 1).await {
+            let released = self
+                .store
+                .release_seq_as(&counter, b.end, b.next - 1, Some(&self.guard()))
+                .await;
+            match released {
                 Ok(true) => tracing::debug!(counter, from = b.next, "sequence tail given back"),
                 Ok(false) => break,
                 Err(e) => {

@@ -6,9 +6,11 @@
 //! that times out may still commit: before the 503, the registry is made to agree with the
 //! store once that write has run or been given up (in the background when the store stays
 //! silent), so that memory and store never disagree for longer than the store is down.
+//! A request without `mode` takes the key's mode on record, else its template's width
+//! (SPEC 1.0).
 
-use crate::prefix::{PrefixConfig, PrefixError};
-use crate::store::{AuditMeta, AuditRecord, Revision, StoreError, Written};
+use crate::prefix::{ConfigRequest, ModeSource, PrefixConfig, PrefixError};
+use crate::store::{AuditMeta, AuditRecord, FormatClash, Revision, StoreError, Written};
 use crate::timing::SETTLE_RETRY;
 
 use super::Service;
@@ -17,7 +19,9 @@ use super::Service;
 pub enum AdminError {
     #[error("Prefix already exists")]
     Exists,
-    #[error("mode cannot change from '{from}' to '{to}'; register a new prefix instead")]
+    #[error(
+        "mode cannot change from '{from}' to '{to}': a prefix key keeps the mode it was first registered with, also after a DELETE; register a new prefix instead"
+    )]
     ModeChange {
         from: &'static str,
         to: &'static str,
@@ -29,12 +33,32 @@ pub enum AdminError {
         from: &'static str,
         to: &'static str,
     },
+    #[error("{}", clash_message(format, clash))]
+    FormatClash { format: String, clash: FormatClash },
     #[error("Prefix '{0}' not found")]
     NotFound(String),
     #[error(transparent)]
     Config(#[from] PrefixError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+}
+
+/// What `FORMAT_CLASH` says: the string both formats can render, and what would do.
+fn clash_message(format: &str, c: &FormatClash) -> String {
+    let earlier = match c.values {
+        Some((lo, hi)) => format!(
+            "the earlier format '{}' of this prefix may have rendered (it held sequence values {lo} to {hi})",
+            c.earlier
+        ),
+        None => format!(
+            "the earlier format '{}' of this prefix may have rendered (snowflake IDs are not recorded, so every ID above its initial_seq counts)",
+            c.earlier
+        ),
+    };
+    format!(
+        "format '{format}' could render '{}', which {earlier}; a prefix's numbers never repeat, so choose a format that cannot render the earlier one's numbers (for example with other literal text), or register a new prefix",
+        c.example
+    )
 }
 
 /// `Ok` when the store took the write of `config`; else why it did not, as an admin error.
@@ -49,6 +73,10 @@ fn accepted(written: Written, config: &PrefixConfig) -> Result<(), AdminError> {
         Written::ResetChange(from) => Err(AdminError::ResetChange {
             from: from.as_str(),
             to: config.reset.as_str(),
+        }),
+        Written::FormatClash(clash) => Err(AdminError::FormatClash {
+            format: config.format.clone(),
+            clash,
         }),
     }
 }
@@ -82,9 +110,15 @@ impl Service {
         create: bool,
         audit: &AuditMeta,
     ) -> Result<(PrefixConfig, Revision), AdminError> {
-        let (config, _) = PrefixConfig::from_request(body)?;
-        let written = self.store().write_prefix(key, &config, create, audit).await;
-        let (written, revision) = self.settle_on_timeout(key, written).await?;
+        let request = ConfigRequest::parse(body)?;
+        let (mut written, mut config, source) =
+            self.try_write(key, &request, create, audit).await?;
+        if matches!(written.0, Written::ModeChange(_)) && source == ModeSource::Width {
+            // Another node registered the key first, in the other mode, between our read
+            // of its record and our write: decide again with the mode now on record.
+            (written, config, _) = self.try_write(key, &request, create, audit).await?;
+        }
+        let (written, revision) = written;
         accepted(written, &config)?;
         self.apply(key, config.clone(), revision)?;
         let what = if create {
@@ -94,6 +128,35 @@ impl Service {
         };
         tracing::info!(prefix = key, revision, config = %config.to_log_json(), "{what}");
         Ok((config, revision))
+    }
+
+    /// Builds the config of `request` in the mode it names, else the key's mode on record,
+    /// else its template's, and hands it to the store (by `audit`).
+    async fn try_write(
+        &self,
+        key: &str,
+        request: &ConfigRequest,
+        create: bool,
+        audit: &AuditMeta,
+    ) -> Result<((Written, Revision), PrefixConfig, ModeSource), AdminError> {
+        let (mode, source) = match request.mode() {
+            Some(m) => (m, ModeSource::Given),
+            None => match self.store().prefix_record(key).await? {
+                Some(record) => (record.mode, ModeSource::Key),
+                None => (request.mode_from_width(), ModeSource::Width),
+            },
+        };
+        let (config, _) = request.build(mode, source, self.floor_below())?;
+        let written = self.store().write_prefix(key, &config, create, audit).await;
+        let written = self.settle_on_timeout(key, written).await?;
+        Ok((written, config, source))
+    }
+
+    /// A snowflake prefix's `initial_seq` must be below this: the smallest ID the layout
+    /// issues now (SPEC 1.3).
+    pub(super) fn floor_below(&self) -> u64 {
+        let (layout, clock) = (self.node().layout(), self.node().clock());
+        layout.first_id_at(layout.units_at(clock.now_ms()))
     }
 
     /// `result` of a write to `key`; when it timed out, first makes the registry agree with
@@ -253,22 +316,25 @@ mod tests {
             .collect();
         assert_eq!(got, ["TEST-0001", "TEST-0002", "TEST-0003"]);
         assert!(matches!(
-            s.replace("TEST", br#"{"format":"T-{SEQ:4}"}"#, &by()).await,
+            s.replace(
+                "TEST",
+                br#"{"format":"T-{SEQ:4}","mode":"snowflake"}"#,
+                &by()
+            )
+            .await,
             Err(AdminError::ModeChange {
                 from: "sequence",
                 to: "snowflake"
             })
         ));
-        // Replacing with a lower initial_seq never rewinds; the tail given back is reused.
-        s.replace(
-            "TEST",
-            br#"{"format":"T-{SEQ:2}","mode":"sequence","initial_seq":0}"#,
-            &by(),
-        )
-        .await
-        .unwrap();
-        tail_given_back(&s, "TEST", 3).await;
-        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-04");
+        // Without `mode` the key keeps its own; a new format starts above every block
+        // reserved for the old one (the old tail is not given back to it).
+        let (c, _) = s
+            .replace("TEST", br#"{"format":"T-{SEQ:2}","initial_seq":0}"#, &by())
+            .await
+            .unwrap();
+        assert_eq!(c.mode, crate::prefix::Mode::Sequence);
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-1001");
         assert_eq!(s.config("TEST").await.unwrap().0.format, "T-{SEQ:2}");
         assert_eq!(s.configs().await.unwrap().len(), 1);
         s.delete("TEST", &by()).await.unwrap();
@@ -280,15 +346,12 @@ mod tests {
             s.config("TEST").await,
             Err(AdminError::NotFound(_))
         ));
-        tail_given_back(&s, "TEST", 4).await;
-        s.register(
-            "TEST",
-            br#"{"format":"T-{SEQ:2}","mode":"sequence"}"#,
-            &by(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-05");
+        // The same format again: its tail was given back, the counter goes on densely.
+        tail_given_back(&s, "TEST", 1001).await;
+        s.register("TEST", br#"{"format":"T-{SEQ:2}"}"#, &by())
+            .await
+            .unwrap();
+        assert_eq!(take(&s, "TEST", 1).await.unwrap()[0].0, "T-1002");
     }
 
     #[tokio::test]
@@ -331,15 +394,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = service(&dir, clock.clone());
-        s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#, &by())
-            .await
-            .unwrap();
+        s.register(
+            "ORD",
+            br#"{"format":"O-{SEQ:3}","mode":"snowflake"}"#,
+            &by(),
+        )
+        .await
+        .unwrap();
         let mut seen = HashSet::new();
         for (_, id, _) in take(&s, "ORD", 5000).await.unwrap() {
             assert!(seen.insert(id));
         }
         s.delete("ORD", &by()).await.unwrap();
         clock.step_back(3);
+        // Without `mode`: the key's own, snowflake.
         s.register("ORD", br#"{"format":"O-{SEQ:3}"}"#, &by())
             .await
             .unwrap();

@@ -154,6 +154,25 @@ impl Service {
             .ok_or_else(not_registered)
     }
 
+    /// The entry of `key` after its sequence allocator was closed: replaced here, or its
+    /// format replaced by another node (cluster mode), which this node may not have seen
+    /// yet; so in cluster mode the config is read from the store again.
+    async fn refresh(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
+        if !self.read_through {
+            return self.lookup(key).await;
+        }
+        let seen = self
+            .store()
+            .observe_prefix(key)
+            .await
+            .map_err(IssueError::Storage)?;
+        self.registry
+            .observe(key, seen)
+            .ok()
+            .flatten()
+            .ok_or_else(|| IssueError::NotRegistered(key.to_string()))
+    }
+
     /// Issues after looking `key` up (also in the store, in cluster mode): sequence
     /// prefixes, and snowflake prefixes not yet in memory.
     async fn issue_looked_up(
@@ -181,7 +200,7 @@ impl Service {
             match result {
                 Err(IssueError::ConfigChanged(_)) if !retried => {
                     retried = true;
-                    entry = self.lookup(key).await?;
+                    entry = self.refresh(key).await?;
                 }
                 other => return other,
             }
@@ -226,6 +245,7 @@ impl Service {
                     offset_s,
                     dc: issued.dc,
                     worker: issued.worker,
+                    widths: self.widths,
                     degraded,
                 };
                 sink.push(&entry.template, &ctx, id, degraded);
@@ -329,6 +349,7 @@ impl Service {
                 offset_s: entry.config.utc_offset.seconds(),
                 dc,
                 worker,
+                widths: self.widths,
                 degraded: false,
             };
             sink.push(&entry.template, &ctx, n, false);
@@ -358,6 +379,8 @@ mod tests {
         let clock = Arc::new(ManualClock::new(T0));
         let s = Arc::new(service(&dir, clock.clone()));
         s.apply("B", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
+        s.apply("B", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#), 1)
+            .unwrap();
         let s2 = s.clone();
         let task = tokio::spawn(async move { take(&s2, "B", 10_000).await });
         for _ in 0..50 {
@@ -373,8 +396,12 @@ mod tests {
     async fn begin_issues_what_needs_no_wait_and_leaves_the_rest_pending() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("SF", config(r#"{"format":"S-{SEQ:2}"}"#), 1)
-            .unwrap();
+        s.apply(
+            "SF",
+            config(r#"{"format":"S-{SEQ:2}","mode":"snowflake"}"#),
+            1,
+        )
+        .unwrap();
         s.apply(
             "SQ",
             config(r#"{"format":"Q-{SEQ:2}","mode":"sequence"}"#),
@@ -403,7 +430,8 @@ mod tests {
     /// Registers snowflake prefix `C` and makes the reservation end at the node's time,
     /// which it returns.
     fn reserved_until_now(s: &Service) -> u64 {
-        s.apply("C", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
+        s.apply("C", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#), 1)
+            .unwrap();
         let now = s.node().now_units();
         s.node().install_grant(0, 1, 0, now);
         now
@@ -447,7 +475,8 @@ mod tests {
     async fn a_clock_that_stands_still_is_not_ready() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        s.apply("W", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
+        s.apply("W", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#), 1)
+            .unwrap();
         // More than the lead allows within one reading of the clock.
         let err = take(&s, "W", 100_000).await.unwrap_err();
         assert!(
@@ -462,7 +491,12 @@ mod tests {
         let metrics = Metrics::new().unwrap();
         let node = node(Arc::new(ManualClock::new(T0)), &metrics);
         let s = Service::new(node, embedded(&dir), metrics, false);
-        s.apply("SF", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
+        s.apply(
+            "SF",
+            config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#),
+            1,
+        )
+        .unwrap();
         s.apply("SQ", config(r#"{"format":"{SEQ:1}","mode":"sequence"}"#), 1)
             .unwrap();
         for key in ["SF", "SQ"] {

@@ -31,6 +31,8 @@ impl ConfigSink for Service {
 }
 
 #[cfg(test)]
+mod history_tests;
+#[cfg(test)]
 pub(crate) mod test_support;
 
 use std::collections::HashSet;
@@ -41,6 +43,7 @@ pub use issue::{IssueError, Pending, Sink};
 pub use registry::{Entry, Registry};
 
 use crate::cluster::watch::{ConfigSink, Refused};
+use crate::format::NodeWidths;
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::{PrefixConfig, PrefixError};
@@ -56,6 +59,8 @@ pub struct Service {
     read_through: bool,
     /// Keys whose timed-out write a background task is still settling.
     settling: Arc<Mutex<HashSet<String>>>,
+    /// The widths `{dc}` and `{worker}` render at, from the layout.
+    widths: NodeWidths,
 }
 
 impl Service {
@@ -65,9 +70,11 @@ impl Service {
         metrics: Metrics,
         read_through: bool,
     ) -> Service {
+        let layout = *node.layout();
         Service {
+            widths: NodeWidths::of_layout(&layout),
+            registry: Arc::new(Registry::new(store.clone(), metrics.clone(), layout)),
             node,
-            registry: Arc::new(Registry::new(store.clone(), metrics.clone())),
             store,
             metrics,
             read_through,

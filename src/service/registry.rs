@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 
 use crate::format::Template;
-use crate::id::LastIssued;
+use crate::id::{Generator, LastIssued, Layout};
 use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::prefix::{Mode, PrefixConfig, PrefixError};
@@ -79,6 +79,8 @@ pub struct Registry {
     /// Sequence allocators reserve their blocks here.
     store: Arc<dyn Store>,
     metrics: Metrics,
+    /// Snowflake floors (`initial_seq`) are turned into timestamps with it.
+    layout: Layout,
 }
 
 /// Gives each registry its own id for the per-thread cache.
@@ -92,7 +94,7 @@ thread_local! {
 }
 
 impl Registry {
-    pub(super) fn new(store: Arc<dyn Store>, metrics: Metrics) -> Registry {
+    pub(super) fn new(store: Arc<dyn Store>, metrics: Metrics, layout: Layout) -> Registry {
         Registry {
             map: ArcSwap::from_pointee(Map::default()),
             generation: AtomicU64::new(0),
@@ -100,6 +102,7 @@ impl Registry {
             writers: Mutex::new(Writers::default()),
             store,
             metrics,
+            layout,
         }
     }
 
@@ -178,7 +181,15 @@ impl Registry {
             .get_key_value(key)
             .map_or_else(|| Arc::from(key), |(k, _)| k.clone());
         let kind = match config.mode {
-            Mode::Snowflake => Kind::Snowflake(states.entry(key.clone()).or_default().clone()),
+            Mode::Snowflake => {
+                let last = states.entry(key.clone()).or_default().clone();
+                if config.initial_seq > 0 {
+                    // SPEC 1.3: every ID above the floor; the state lives on across configs.
+                    let above = self.layout.timestamp_above(config.initial_seq);
+                    last.start_at(&Generator::new(&self.layout), above);
+                }
+                Kind::Snowflake(last)
+            }
             Mode::Sequence => Kind::Sequence(Arc::new(SeqAllocator::new(
                 key.clone(),
                 &config,
@@ -350,7 +361,7 @@ mod tests {
     async fn sync_applies_adds_and_forgets() {
         let dir = tempfile::tempdir().unwrap();
         let s = service(&dir, Arc::new(ManualClock::new(T0)));
-        let (a, b) = (r#"{"format":"A{SEQ:2}"}"#, r#"{"format":"B{SEQ:2}"}"#);
+        let (a, b) = (r#"{"format":"A{SEQ:19}"}"#, r#"{"format":"B{SEQ:19}"}"#);
         s.sync(snapshot(2, &[("A", a, 1), ("B", b, 2)]));
         assert_eq!(s.registry().len(), 2);
         let kept = s.registry().get("A").unwrap();

@@ -13,7 +13,8 @@ use crate::node::{Node, NodeSettings};
 use crate::prefix::PrefixConfig;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{
-    AuditMeta, AuditRecord, Observed, Revision, SeqBlock, Snapshot, Store, StoreError, Written,
+    AuditMeta, AuditRecord, Observed, PrefixRecord, Revision, SeqBlock, SeqGuard, Snapshot, Store,
+    StoreError, Written,
 };
 
 pub const T0: u64 = 1_763_700_000_000;
@@ -49,11 +50,22 @@ pub fn node(clock: Arc<ManualClock>, metrics: &Metrics) -> Arc<Node> {
 
 /// A service on `store` whose node holds worker 1 with a wide reservation.
 pub fn service_on(store: Arc<dyn Store>, clock: Arc<ManualClock>) -> Service {
+    node_on(store, clock, 1, false)
+}
+
+/// A service on `store` whose node holds `worker` with a wide reservation; `read_through`
+/// as in cluster mode (another node's configs are read from the store).
+pub fn node_on(
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+    worker: u64,
+    read_through: bool,
+) -> Service {
     let metrics = Metrics::new().unwrap();
     let node = node(clock, &metrics);
     let now = node.now_units();
-    node.install_grant(0, 1, 0, now + 100_000);
-    Service::new(node, store, metrics, false)
+    node.install_grant(0, worker, 0, now + 100_000);
+    Service::new(node, store, metrics, read_through)
 }
 
 pub fn embedded(dir: &tempfile::TempDir) -> Arc<dyn Store> {
@@ -117,10 +129,25 @@ impl Store for Stalled {
     async fn prefix_history(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
         stall().await
     }
-    async fn reserve_seq(&self, _: &str, _: u64, _: u64) -> Result<SeqBlock, StoreError> {
+    async fn prefix_record(&self, _: &str) -> Result<Option<PrefixRecord>, StoreError> {
         stall().await
     }
-    async fn release_seq(&self, _: &str, _: u64, _: u64) -> Result<bool, StoreError> {
+    async fn reserve_seq_as(
+        &self,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: Option<&SeqGuard<'_>>,
+    ) -> Result<SeqBlock, StoreError> {
+        stall().await
+    }
+    async fn release_seq_as(
+        &self,
+        _: &str,
+        _: u64,
+        _: u64,
+        _: Option<&SeqGuard<'_>>,
+    ) -> Result<bool, StoreError> {
         stall().await
     }
     async fn get_seq(&self, _: &str) -> Result<Option<u64>, StoreError> {

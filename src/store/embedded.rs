@@ -18,17 +18,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+mod records;
+
+use records::{Guard, guard_allows, highest_seq, legacy_reset, stored_record};
+
+use super::record::{PrefixRecord, SeqGuard, Stored, plan_write};
 use super::{
     AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
-    Store, StoreError, Written, bounded, next_block, parse_bound_reset, plan_write, reset_to_bind,
+    Store, StoreError, Written, bounded, clash_rules, next_block,
 };
+use crate::format::NodeWidths;
 use crate::prefix::PrefixConfig;
 
 const PREFIXES: TableDefinition<&str, &str> = TableDefinition::new("prefixes");
 const SEQ: TableDefinition<&str, u64> = TableDefinition::new("seq");
 const HWM: TableDefinition<&str, u64> = TableDefinition::new("hwm");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// The reset a sequence prefix's counters are bound to (kept after DELETE).
+/// The reset a sequence prefix's counters are bound to, as data written before
+/// `prefix_records` has it (read only).
 const SEQ_RESET: TableDefinition<&str, &str> = TableDefinition::new("seq_reset");
 /// Audit records: (prefix key, number of the record within the key) to the record's JSON.
 const AUDIT: TableDefinition<(&str, u64), &str> = TableDefinition::new("audit");
@@ -38,6 +45,8 @@ const PREFIX_REV: TableDefinition<&str, u64> = TableDefinition::new("prefix_rev"
 /// write or delete.
 const REVISION: TableDefinition<&str, u64> = TableDefinition::new("revision");
 const REVISION_KEY: &str = "prefixes";
+/// Each key's [`PrefixRecord`] as JSON (kept after DELETE).
+const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("prefix_records");
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -180,6 +189,8 @@ pub struct EmbeddedStore {
     db: Arc<Database>,
     writer: Arc<Writer>,
     timeout: Duration,
+    /// The layout's `{dc}`/`{worker}` widths, for the format clash check.
+    nodes: NodeWidths,
 }
 
 impl EmbeddedStore {
@@ -196,6 +207,7 @@ impl EmbeddedStore {
             txn.open_table(AUDIT).map_err(unavailable)?;
             txn.open_table(PREFIX_REV).map_err(unavailable)?;
             txn.open_table(REVISION).map_err(unavailable)?;
+            txn.open_table(RECORDS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
         let db = Arc::new(db);
@@ -213,12 +225,19 @@ impl EmbeddedStore {
                 thread: Some(thread),
             }),
             timeout: DEFAULT_TIMEOUT,
+            nodes: NodeWidths::default(),
         })
     }
 
     /// Sets the deadline of every call.
     pub fn with_timeout(mut self, timeout: Duration) -> EmbeddedStore {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the layout's `{dc}`/`{worker}` widths (default: the default layout's).
+    pub fn with_node_widths(mut self, nodes: NodeWidths) -> EmbeddedStore {
+        self.nodes = nodes;
         self
     }
 
@@ -445,8 +464,9 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] and
-    /// written in one transaction, with the config's revision.
+    /// `create_prefix` (`create_only`) and `replace_prefix`: decided by [`plan_write`] from
+    /// the config, the key's record and its counters, and written in one transaction, with
+    /// the config's revision and its audit record.
     async fn write_prefix(
         &self,
         key: &str,
@@ -456,38 +476,56 @@ impl Store for EmbeddedStore {
     ) -> Result<(Written, Revision), StoreError> {
         let (key, json, config) = (key.to_string(), encode(config)?, config.clone());
         let audit = audit.clone();
+        let rules = clash_rules(self.nodes);
         self.write(move |txn| {
             let mut table = txn.open_table(PREFIXES).map_err(unavailable)?;
-            let mut bound = txn.open_table(SEQ_RESET).map_err(unavailable)?;
+            let mut records = txn.open_table(RECORDS).map_err(unavailable)?;
             let existing = table
                 .get(key.as_str())
                 .map_err(unavailable)?
                 .map(|v| decode(&key, v.value()))
                 .transpose()?;
-            let bound_reset = bound
-                .get(key.as_str())
-                .map_err(unavailable)?
-                .map(|v| parse_bound_reset(&format!("seq_reset/{key}"), v.value().as_bytes()))
-                .transpose()?;
-            let outcome = plan_write(existing.as_ref(), bound_reset, &config, create_only);
+            let stored = Stored {
+                config: existing.as_ref(),
+                record: stored_record(&records, &key)?,
+                legacy_reset: legacy_reset(&txn.open_table(SEQ_RESET).map_err(unavailable)?, &key)?,
+                mark: highest_seq(&txn.open_table(SEQ).map_err(unavailable)?, &key)?,
+            };
+            let plan = plan_write(&key, stored, &config, create_only, rules);
             let mut revision = 0;
-            if outcome.wrote() {
+            if let (true, Some(record)) = (plan.written.wrote(), &plan.record) {
                 table
                     .insert(key.as_str(), json.as_str())
                     .map_err(unavailable)?;
-                if let Some(reset) = reset_to_bind(&config, bound_reset) {
-                    bound
-                        .insert(key.as_str(), reset.as_str())
-                        .map_err(unavailable)?;
-                }
+                records
+                    .insert(key.as_str(), record.encode()?.as_str())
+                    .map_err(unavailable)?;
                 revision = record_revision(txn, &key)?;
+                if let Some(record) =
+                    AuditRecord::of_write(&audit, &plan.written, existing.as_ref(), &config)
+                {
+                    append_audit(txn, &key, &record)?;
+                }
             }
-            if let Some(record) =
-                AuditRecord::of_write(&audit, &outcome, existing.as_ref(), &config)
-            {
-                append_audit(txn, &key, &record)?;
-            }
-            Ok((outcome, revision))
+            Ok((plan.written, revision))
+        })
+        .await
+    }
+
+    async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let config = txn
+                .open_table(PREFIXES)
+                .map_err(unavailable)?
+                .get(key.as_str())
+                .map_err(unavailable)?
+                .map(|v| decode(&key, v.value()))
+                .transpose()?;
+            let record = stored_record(&txn.open_table(RECORDS).map_err(unavailable)?, &key)?;
+            let legacy = legacy_reset(&txn.open_table(SEQ_RESET).map_err(unavailable)?, &key)?;
+            Ok(PrefixRecord::effective(record, config.as_ref(), legacy))
         })
         .await
     }
@@ -535,14 +573,19 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn reserve_seq(
+    async fn reserve_seq_as(
         &self,
         counter: &str,
         size: u64,
         initial: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError> {
-        let counter = counter.to_string();
+        let (counter, guard) = (counter.to_string(), guard.map(Guard::of));
         self.write(move |txn| {
+            if !guard_allows(txn, guard.as_ref())? {
+                let key = guard.map(|g| g.key).unwrap_or_default();
+                return Err(StoreError::FormatReplaced(key));
+            }
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
             let stored = stored_seq(&table, &counter)?;
             let current = stored.unwrap_or(initial).max(initial);
@@ -556,14 +599,18 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn release_seq(
+    async fn release_seq_as(
         &self,
         counter: &str,
         block_end: u64,
         back_to: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<bool, StoreError> {
-        let counter = counter.to_string();
+        let (counter, guard) = (counter.to_string(), guard.map(Guard::of));
         self.write(move |txn| {
+            if !guard_allows(txn, guard.as_ref())? {
+                return Ok(false);
+            }
             let mut table = txn.open_table(SEQ).map_err(unavailable)?;
             if stored_seq(&table, &counter)? != Some(block_end) || back_to > block_end {
                 return Ok(false);

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod embedded;
 pub mod etcd;
+pub mod record;
 
 pub use audit::{AUDIT_KEEP, AuditAction, AuditMeta, AuditRecord};
 
@@ -20,7 +21,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::format::NodeWidths;
 use crate::prefix::{Mode, PrefixConfig, Reset};
+
+pub use record::{ClashRules, FormatClash, PrefixRecord, SeqGuard};
 
 /// How long a store call may take before it counts as failed (SPEC 3.4: 2 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,6 +41,11 @@ pub enum StoreError {
     Overflow(String),
     #[error("this data was written with another layout ({stored}); refusing to use it with {ours}")]
     LayoutMismatch { stored: String, ours: String },
+    /// A sequence reservation (or release) for a format that is no longer the prefix's
+    /// current one: refused, so that a node still on an old config cannot issue old-format
+    /// numbers past the values recorded when the format was replaced.
+    #[error("the format of prefix '{0}' was replaced; its old format reserves nothing more")]
+    FormatReplaced(String),
 }
 
 /// A reserved run of sequence numbers, both ends included.
@@ -90,42 +99,15 @@ pub enum Written {
     /// Their names depend on it (`seq/{key}` or `seq/{key}/{period}`), so a change would
     /// start a fresh counter and repeat numbers; the binding outlives DELETE.
     ResetChange(Reset),
+    /// Nothing written: the new format could render a string an earlier format of the
+    /// prefix rendered (SPEC 1.3, `FORMAT_CLASH`).
+    FormatClash(FormatClash),
 }
 
 impl Written {
     /// True when the config was written.
     pub fn wrote(&self) -> bool {
         matches!(self, Written::Created | Written::Replaced)
-    }
-}
-
-/// What a config write does, from what is stored under the key: its config, and the reset
-/// its counters are bound to (kept apart from the config, so that it survives DELETE).
-/// Both stores decide with this inside one transaction; when the outcome is a write and
-/// `config` is a sequence prefix with no binding yet, the store records `config.reset`.
-pub fn plan_write(
-    existing: Option<&PrefixConfig>,
-    bound_reset: Option<Reset>,
-    config: &PrefixConfig,
-    create_only: bool,
-) -> Written {
-    match existing {
-        Some(_) if create_only => return Written::Exists,
-        Some(old) if old.mode != config.mode => return Written::ModeChange(old.mode),
-        _ => {}
-    }
-    if config.mode == Mode::Sequence {
-        // A live sequence config binds its counters too (data written before the binding
-        // was recorded).
-        let bound = bound_reset.or(existing.map(|old| old.reset));
-        if let Some(reset) = bound.filter(|r| *r != config.reset) {
-            return Written::ResetChange(reset);
-        }
-    }
-    if existing.is_some() {
-        Written::Replaced
-    } else {
-        Written::Created
     }
 }
 
@@ -140,17 +122,23 @@ pub fn parse_bound_reset(key: &str, value: &[u8]) -> Result<Reset, StoreError> {
         })
 }
 
-/// The reset to record for `config` once [`plan_write`] said write: `Some` for a sequence
-/// prefix whose counters are not bound yet.
-pub fn reset_to_bind(config: &PrefixConfig, bound_reset: Option<Reset>) -> Option<Reset> {
-    (config.mode == Mode::Sequence && bound_reset.is_none()).then_some(config.reset)
-}
-
 /// A counter's name in the store: the prefix key, plus `/period` when it resets.
 pub fn counter_name(key: &str, period: Option<&str>) -> String {
     match period {
         Some(p) => format!("{key}/{p}"),
         None => key.to_string(),
+    }
+}
+
+/// What a store checks new formats with: the layout's `{dc}`/`{worker}` widths (set by
+/// the app from its layout), and today's date for the example string of a refusal.
+pub(crate) fn clash_rules(nodes: NodeWidths) -> ClashRules {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    ClashRules {
+        nodes,
+        hint: Some(crate::format::civil_from_unix_ms(now_ms, 0)),
     }
 }
 
@@ -178,9 +166,9 @@ pub trait Store: Send + Sync + 'static {
     async fn settle_prefix(&self, key: &str) -> Result<Observed, StoreError> {
         self.observe_prefix(key).await
     }
-    /// Writes `config` under `key` as [`plan_write`] decides from what is stored (with
-    /// `create_only`, never over an existing config), in one transaction that also binds a
-    /// sequence prefix's counters to its reset ([`reset_to_bind`]) and, when it writes,
+    /// Writes `config` under `key` as [`record::plan_write`] decides from what is stored
+    /// (with `create_only`, never over an existing config), in one transaction that also
+    /// writes the key's [`PrefixRecord`] (mode, reset, format history) and, when it writes,
     /// appends the audit record of the change by `audit` ([`AuditRecord::of_write`]).
     /// Returns what it did and the revision of the write (0 when nothing was written).
     async fn write_prefix(
@@ -191,8 +179,10 @@ pub trait Store: Send + Sync + 'static {
         audit: &AuditMeta,
     ) -> Result<(Written, Revision), StoreError>;
     /// `POST` outside a request (tests, tools): stores `config` unless `key` exists
-    /// (`Exists`) or its counters are bound to another reset (`ResetChange`). Audited as
-    /// [`AuditMeta::unattributed`]; the service writes with the request's [`AuditMeta`].
+    /// (`Exists`), had another mode (`ModeChange`), its counters are bound to another reset
+    /// (`ResetChange`) or the format could repeat an earlier one's number (`FormatClash`).
+    /// Audited as [`AuditMeta::unattributed`]; the service writes with the request's
+    /// [`AuditMeta`].
     async fn create_prefix(&self, key: &str, config: &PrefixConfig) -> Result<Written, StoreError> {
         let audit = AuditMeta::unattributed();
         Ok(self.write_prefix(key, config, true, &audit).await?.0)
@@ -207,7 +197,7 @@ pub trait Store: Send + Sync + 'static {
         let audit = AuditMeta::unattributed();
         Ok(self.write_prefix(key, config, false, &audit).await?.0)
     }
-    /// Removes the config (counters, and the reset they are bound to, stay), appending the
+    /// Removes the config (counters, and the key's record, stay), appending the
     /// audit record of the deletion by `audit` in the same transaction; returns the revision
     /// of the delete (`None`, and no record, when there was no config).
     async fn remove_prefix(
@@ -226,23 +216,49 @@ pub trait Store: Send + Sync + 'static {
     /// The audit records of `key`, newest first: at most [`AUDIT_KEEP`], also after the
     /// key was deleted.
     async fn prefix_history(&self, key: &str) -> Result<Vec<AuditRecord>, StoreError>;
+    /// The key's record (mode, reset, format history), also after a DELETE; for data
+    /// written before records were kept, one made from its config
+    /// ([`PrefixRecord::effective`]).
+    async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError>;
 
     /// Reserves the next `size` numbers of `counter` (fewer at the top of u64). A counter
-    /// never written starts after `initial`; one below `initial` jumps up to it.
+    /// never written starts after `initial`; one below `initial` jumps up to it. With a
+    /// `guard`, only while its format is its key's current one (else
+    /// [`StoreError::FormatReplaced`]), decided in the same transaction.
+    async fn reserve_seq_as(
+        &self,
+        counter: &str,
+        size: u64,
+        initial: u64,
+        guard: Option<&SeqGuard<'_>>,
+    ) -> Result<SeqBlock, StoreError>;
+    /// [`Store::reserve_seq_as`] without a guard.
     async fn reserve_seq(
         &self,
         counter: &str,
         size: u64,
         initial: u64,
-    ) -> Result<SeqBlock, StoreError>;
-    /// Gives numbers back: when the counter still ends at `block_end`, sets it to
-    /// `back_to`. `false` when someone reserved after us.
+    ) -> Result<SeqBlock, StoreError> {
+        self.reserve_seq_as(counter, size, initial, None).await
+    }
+    /// Gives numbers back: when the counter still ends at `block_end` (and, with a
+    /// `guard`, its format is still current), sets it to `back_to`. `false` when not.
+    async fn release_seq_as(
+        &self,
+        counter: &str,
+        block_end: u64,
+        back_to: u64,
+        guard: Option<&SeqGuard<'_>>,
+    ) -> Result<bool, StoreError>;
+    /// [`Store::release_seq_as`] without a guard.
     async fn release_seq(
         &self,
         counter: &str,
         block_end: u64,
         back_to: u64,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        self.release_seq_as(counter, block_end, back_to, None).await
+    }
     /// The current high-water mark of `counter`, if any.
     async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError>;
 
@@ -273,92 +289,6 @@ pub fn next_block(current: u64, size: u64) -> Option<SeqBlock> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn seq(reset: Reset) -> PrefixConfig {
-        PrefixConfig {
-            format: "INV-{SEQ:6}".into(),
-            seq_length: 6,
-            initial_seq: 0,
-            mode: Mode::Sequence,
-            reset,
-            utc_offset: Default::default(),
-            strict: false,
-        }
-    }
-
-    #[test]
-    fn a_sequence_prefix_keeps_the_reset_its_counters_were_made_under() {
-        let (never, yearly) = (seq(Reset::Never), seq(Reset::Yearly));
-        let snow = PrefixConfig {
-            mode: Mode::Snowflake,
-            ..seq(Reset::Never)
-        };
-        use Written::*;
-        // (stored config, bound reset, new config, create only) -> outcome
-        let cases = [
-            (None, None, &yearly, true, Created),
-            (None, None, &yearly, false, Created),
-            (Some(&never), None, &yearly, true, Exists),
-            (Some(&never), Some(Reset::Never), &never, false, Replaced),
-            (
-                Some(&never),
-                Some(Reset::Never),
-                &yearly,
-                false,
-                ResetChange(Reset::Never),
-            ),
-            // A config stored before bindings were recorded binds its counters too.
-            (
-                Some(&never),
-                None,
-                &yearly,
-                false,
-                ResetChange(Reset::Never),
-            ),
-            // After DELETE only the binding is left.
-            (
-                None,
-                Some(Reset::Never),
-                &yearly,
-                true,
-                ResetChange(Reset::Never),
-            ),
-            (
-                None,
-                Some(Reset::Never),
-                &yearly,
-                false,
-                ResetChange(Reset::Never),
-            ),
-            (None, Some(Reset::Yearly), &yearly, true, Created),
-            // Snowflake configs neither bind nor are bound; mode changes stay refused first.
-            (None, Some(Reset::Never), &snow, true, Created),
-            (
-                Some(&snow),
-                None,
-                &yearly,
-                false,
-                ModeChange(Mode::Snowflake),
-            ),
-            (
-                Some(&never),
-                Some(Reset::Never),
-                &snow,
-                false,
-                ModeChange(Mode::Sequence),
-            ),
-        ];
-        for (existing, bound, config, create_only, want) in cases {
-            assert_eq!(
-                plan_write(existing, bound, config, create_only),
-                want,
-                "{existing:?} {bound:?} {config:?} {create_only}"
-            );
-        }
-        assert_eq!(reset_to_bind(&yearly, None), Some(Reset::Yearly));
-        assert_eq!(reset_to_bind(&yearly, Some(Reset::Yearly)), None);
-        assert_eq!(reset_to_bind(&snow, None), None);
-    }
 
     #[test]
     fn blocks_clamp_at_the_top_of_u64() {

@@ -6,7 +6,9 @@
 //! {root}/hwm/{dc}/{worker}      reserved high timestamp, decimal Unix ms text
 //! {root}/prefixes/{key}         PrefixConfig as JSON
 //! {root}/seq/{key}[/{period}]   sequence high-water mark, decimal u64 text
-//! {root}/seq-reset/{key}        the reset a sequence prefix's counters are bound to
+//! {root}/seq-reset/{key}        the reset a sequence prefix's counters were bound to before
+//!                               records (read for old data only)
+//! {root}/records/{key}          the key's record, JSON: mode, reset, format history
 //! {root}/layout                 the ID layout the data was written with
 //! {root}/audit/{key}/{id}       one audit record of a prefix config change (JSON); a
 //!                               key's records are ordered by their create revision
@@ -97,9 +99,20 @@ impl Keys {
         self.under(format_args!("seq/{counter}"))
     }
 
-    /// `seq-reset/{key}`: the reset a sequence prefix's counters were made under.
+    /// `seq/{key}/`: the counters of a prefix that resets, one per period.
+    pub fn seq_periods(&self, key: &str) -> String {
+        self.under(format_args!("seq/{key}/"))
+    }
+
+    /// `seq-reset/{key}`: the reset a sequence prefix's counters were made under, as data
+    /// written before records has it.
     pub fn seq_reset(&self, key: &str) -> String {
         self.under(format_args!("seq-reset/{key}"))
+    }
+
+    /// `records/{key}`: what the key keeps for its whole life (mode, reset, formats).
+    pub fn record(&self, key: &str) -> String {
+        self.under(format_args!("records/{key}"))
     }
 
     /// `layout`: the ID layout the data was written with.
@@ -156,6 +169,8 @@ mod tests {
         assert_eq!(k.audit_record("INV", "x1"), "/numgen/audit/INV/x1");
         // One key's records are not under another's that starts the same.
         assert!(!k.audit_record("INVOICE", "x").starts_with(&k.audit("INV")));
+        assert_eq!(k.seq_periods("INV"), "/numgen/seq/INV/");
+        assert_eq!(k.record("INV"), "/numgen/records/INV");
         let top = Keys::new("/");
         assert_eq!(top.worker(0, 3), "/workers/0/3");
         assert_eq!(top.prefixes(), "/prefixes/");

@@ -17,6 +17,7 @@
 mod connect;
 mod keys;
 mod members;
+mod records;
 mod tls;
 
 pub use connect::{ConnectError, connect};
@@ -34,10 +35,11 @@ use etcd_client::{
 };
 
 use super::{
-    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
-    Store, StoreError, Written, next_block, parse_bound_reset, plan_write, reset_to_bind,
+    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, PrefixRecord, Revision,
+    SeqBlock, SeqGuard, Snapshot, Store, StoreError, Written,
 };
 use crate::config::EtcdConfig;
+use crate::format::NodeWidths;
 use crate::prefix::PrefixConfig;
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -117,27 +119,6 @@ async fn read(kv: &mut KvClient, key: &str) -> Result<Seen, Failure> {
     Ok(Seen::from_kvs(resp.kvs()))
 }
 
-/// Puts `value` at `key` when the key is still at `revision` (0: absent). On a lost race the
-/// same transaction reads the key back, so the caller can retry without another round trip:
-/// `Ok(Ok(revision))` with the put's revision when written, `Ok(Err(now))` when not.
-async fn put_if_unchanged(
-    kv: &mut KvClient,
-    key: &str,
-    revision: i64,
-    value: impl Into<Vec<u8>>,
-) -> Result<Result<i64, Seen>, Failure> {
-    let txn = Txn::new()
-        .when([unchanged(key, revision)])
-        .and_then([TxnOp::put(key, value, None)])
-        .or_else([TxnOp::get(key, None)]);
-    let resp = kv.txn(txn).await?;
-    if resp.succeeded() {
-        // One put in the transaction: the revision it made is the put's mod_revision.
-        return Ok(Ok(resp.header().map_or(0, |h| h.revision())));
-    }
-    Ok(Err(seen_in(&resp.op_responses())))
-}
-
 /// The key read by the first get among `responses` (a read, or the `or_else` branch of a
 /// failed transaction); absent when there is none.
 fn seen_in(responses: &[TxnOpResponse]) -> Seen {
@@ -205,6 +186,8 @@ pub struct EtcdStore {
     /// Each sequence counter as this store last wrote or saw it, so that the next
     /// reservation is one guarded transaction (no read first) when nobody else wrote.
     counters: Arc<Mutex<HashMap<String, Seen>>>,
+    /// The layout's `{dc}`/`{worker}` widths, for the format clash check.
+    nodes: NodeWidths,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -230,6 +213,7 @@ impl EtcdStore {
             keys: Keys::new(root),
             timeout: DEFAULT_TIMEOUT,
             counters: Arc::default(),
+            nodes: NodeWidths::default(),
         }
     }
 
@@ -248,6 +232,12 @@ impl EtcdStore {
     /// the store (leases, worker registration, the config watch).
     pub fn members(&self) -> &Members {
         &self.members
+    }
+
+    /// Sets the layout's `{dc}`/`{worker}` widths (default: the default layout's).
+    pub fn with_node_widths(mut self, nodes: NodeWidths) -> EtcdStore {
+        self.nodes = nodes;
+        self
     }
 
     /// The preferred member's client, for tests and tools (calls on it stay on it).
@@ -339,12 +329,9 @@ impl Store for EtcdStore {
         })
     }
 
-    /// `create_prefix` (`create_only`) and `replace_prefix`: the config and the counters'
-    /// reset binding are read together, decided by [`plan_write`], and written by one
-    /// transaction guarded on both being as read, so that no concurrent write slips in
-    /// between check and write. A retry on another member (the first attempt may have
-    /// committed without an answer) that finds exactly this config where `create_only`
-    /// found none reports `Created`: the config is there, as asked.
+    /// `create_prefix` (`create_only`) and `replace_prefix`: the config, the key's record,
+    /// its counters and its audit keys are read together, decided by `plan_write`, and
+    /// written by one transaction guarded on all of them being as read (see `records`).
     async fn write_prefix(
         &self,
         prefix_key: &str,
@@ -352,72 +339,11 @@ impl Store for EtcdStore {
         create_only: bool,
         audit: &AuditMeta,
     ) -> Result<(Written, Revision), StoreError> {
-        let (key, bind_key, json) = (
-            self.keys.prefix(prefix_key),
-            self.keys.seq_reset(prefix_key),
-            encode(config)?,
-        );
-        let (key, bind_key, json) = (key.as_str(), bind_key.as_str(), json.as_str());
-        let audit_dir = self.keys.audit(prefix_key);
-        let audit_dir = audit_dir.as_str();
-        self.members
-            .call(self.timeout, |c, attempt| async move {
-                let mut kv = c.kv_client();
-                loop {
-                    let both = Txn::new().and_then([
-                        TxnOp::get(key, None),
-                        TxnOp::get(bind_key, None),
-                        audit_keys(audit_dir),
-                    ]);
-                    let resp = kv.txn(both).await?;
-                    let ops = resp.op_responses();
-                    let audited = keys_in(ops.get(2));
-                    let (stored, bound) =
-                        (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
-                    let existing = stored
-                        .value
-                        .as_deref()
-                        .map(|v| decode(key, v))
-                        .transpose()?;
-                    let bound_reset = bound
-                        .value
-                        .as_deref()
-                        .map(|v| parse_bound_reset(bind_key, v))
-                        .transpose()?;
-                    let outcome = plan_write(existing.as_ref(), bound_reset, config, create_only);
-                    if outcome == Written::Exists
-                        && attempt > 0
-                        && existing.as_ref() == Some(config)
-                    {
-                        // An earlier attempt committed without an answer (audit included).
-                        return Ok((Written::Created, stored.revision.max(0) as Revision));
-                    }
-                    if !outcome.wrote() {
-                        return Ok((outcome, 0));
-                    }
-                    let mut writes = vec![TxnOp::put(key, json, None)];
-                    if let Some(reset) = reset_to_bind(config, bound_reset) {
-                        writes.push(TxnOp::put(bind_key, reset.as_str(), None));
-                    }
-                    let mut guards = vec![
-                        unchanged(key, stored.revision),
-                        unchanged(bind_key, bound.revision),
-                    ];
-                    if let Some(record) =
-                        AuditRecord::of_write(audit, &outcome, existing.as_ref(), config)
-                    {
-                        let (new, ops) = append_audit(&self.keys, prefix_key, &audited, &record)?;
-                        guards.push(new);
-                        writes.extend(ops);
-                    }
-                    let txn = Txn::new().when(guards).and_then(writes);
-                    let resp = kv.txn(txn).await?;
-                    if resp.succeeded() {
-                        return Ok((outcome, header_revision(resp.header())));
-                    }
-                }
-            })
-            .await
+        records::write_prefix(self, prefix_key, config, create_only, audit).await
+    }
+
+    async fn prefix_record(&self, key: &str) -> Result<Option<PrefixRecord>, StoreError> {
+        records::prefix_record(self, key).await
     }
 
     /// Reads the config and the audit record keys together, then deletes the config and
@@ -486,99 +412,24 @@ impl Store for EtcdStore {
             .collect()
     }
 
-    /// A compare-and-swap from the counter as last known (read first only when unknown):
-    /// each lost race hands back the counter as it now stands, and some node wins every
-    /// round, so this ends (or the deadline does).
-    ///
-    /// Exact across retries: every write is guarded on the revision it was computed from,
-    /// so of two attempts computed from the same state at most one commits, and one
-    /// computed from a state that has moved on commits nothing. An attempt that timed out
-    /// may have committed; the next one (on another member) then finds the counter moved,
-    /// and reserves the block after it. The block of the silent attempt is never handed
-    /// out: a gap, never a repeat (`tests/etcd_members.rs` makes one).
-    async fn reserve_seq(
+    async fn reserve_seq_as(
         &self,
         counter: &str,
         size: u64,
         initial: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError> {
-        let key = self.keys.seq(counter);
-        let key = key.as_str();
-        let known = self.known(key);
-        let (block, seen) = self
-            .members
-            .call(self.timeout, |c, _| {
-                let known = known.clone();
-                async move {
-                    let mut kv = c.kv_client();
-                    let mut seen = match known {
-                        Some(s) => s,
-                        None => read(&mut kv, key).await?,
-                    };
-                    loop {
-                        let stored = seen
-                            .value
-                            .as_deref()
-                            .map(|v| parse_u64(key, v))
-                            .transpose()?;
-                        let current = stored.unwrap_or(initial).max(initial);
-                        let block = next_block(current, size)
-                            .ok_or_else(|| StoreError::Overflow(counter.to_string()))?;
-                        let end = block.end.to_string();
-                        match put_if_unchanged(&mut kv, key, seen.revision, end.as_str()).await? {
-                            Ok(revision) => {
-                                let value = Some(end.into_bytes());
-                                return Ok((block, Seen { value, revision }));
-                            }
-                            Err(now) => seen = now,
-                        }
-                    }
-                }
-            })
-            .await?;
-        self.learn(key, seen);
-        Ok(block)
+        records::reserve(self, counter, size, initial, guard).await
     }
 
-    /// Guarded on the revision at which the counter was seen ending at `block_end`, not on
-    /// the value alone: a release sent to a member that did not answer may run later, after
-    /// a retry gave the numbers back and another node reserved them again, and the counter
-    /// may then stand at `block_end` once more; the revision has moved on, so it cannot
-    /// rewind the counter under that node's block.
-    async fn release_seq(
+    async fn release_seq_as(
         &self,
         counter: &str,
         block_end: u64,
         back_to: u64,
+        guard: Option<&SeqGuard<'_>>,
     ) -> Result<bool, StoreError> {
-        if back_to > block_end {
-            // Never upward: that would skip numbers nobody reserved.
-            return Ok(false);
-        }
-        let key = self.keys.seq(counter);
-        let key = key.as_str();
-        let (end, back) = (block_end.to_string(), back_to.to_string());
-        let (end, back) = (end.as_bytes(), back.as_str());
-        let released = self
-            .members
-            .call(self.timeout, |c, _| async move {
-                let mut kv = c.kv_client();
-                let seen = read(&mut kv, key).await?;
-                // Values are written only by this module, always as canonical decimal
-                // text, so comparing the text is comparing the number.
-                if seen.value.as_deref() != Some(end) {
-                    return Ok(None);
-                }
-                Ok(put_if_unchanged(&mut kv, key, seen.revision, back)
-                    .await?
-                    .ok())
-            })
-            .await?;
-        if let Some(revision) = released {
-            let value = Some(back.as_bytes().to_vec());
-            self.learn(key, Seen { value, revision });
-        }
-        Ok(released.is_some())
+        records::release(self, counter, block_end, back_to, guard).await
     }
 
     async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {

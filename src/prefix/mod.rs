@@ -1,10 +1,14 @@
-//! Prefix configs (SPEC section 3.1): the request body is parsed strictly into a
-//! [`PrefixConfig`], checked field by field, and its template parsed, so that a bad request
-//! says exactly what is wrong and changes nothing.
+//! Prefix configs (SPEC section 3.1): the request body is parsed strictly ([`request`]),
+//! checked field by field, and its template parsed, so that a bad request says exactly what
+//! is wrong and changes nothing; the result is a [`PrefixConfig`].
+
+mod request;
+
+pub use request::{ConfigRequest, ModeSource, SNOWFLAKE_WIDTH, period_missing};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::format::{MAX_SEQ_WIDTH, Template, TemplateError};
+use crate::format::{Template, TemplateError};
 
 /// Largest accepted prefix key length.
 pub const MAX_KEY_LEN: usize = 64;
@@ -143,157 +147,31 @@ pub enum PrefixError {
     /// `INVALID_FORMAT`: no template at all.
     #[error("format is required")]
     MissingFormat,
+    /// `INVALID_FORMAT`: a sequence prefix with `reset` whose template does not show its
+    /// period, so that two periods could render the same number.
+    #[error(
+        "reset '{reset}' needs the period in the format, so that numbers of different periods differ: add {{date}}, or {missing}"
+    )]
+    ResetNeedsPeriod {
+        reset: &'static str,
+        missing: String,
+    },
     /// `INVALID_CONFIG`
     #[error("{0}")]
     Field(String),
 }
 
-/// The integer a JSON number is, also when it is written with a zero fraction (`6.0`):
-/// JSON has one number type, JSON Schema's `integer` counts `6.0` in, and some encoders
-/// write whole floats that way. A float is taken only where it is exact (up to 2^53).
-fn integral(n: &serde_json::Number) -> Option<i128> {
-    if let Some(i) = n.as_i64() {
-        return Some(i.into());
-    }
-    if let Some(u) = n.as_u64() {
-        return Some(u.into());
-    }
-    let f = n.as_f64()?;
-    (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i128)
-}
-
-/// The request body as sent. Numeric fields are wide so that out-of-range values get a
-/// message of their own rather than a serde type error.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a JSON object")]
-struct RawConfig {
-    format: Option<String>,
-    #[serde(alias = "seqLength")]
-    seq_length: Option<serde_json::Number>,
-    #[serde(alias = "initialSeq")]
-    initial_seq: Option<serde_json::Value>,
-    mode: Option<String>,
-    reset: Option<String>,
-    #[serde(alias = "utcOffset")]
-    utc_offset: Option<String>,
-    strict: Option<bool>,
-}
-
-/// Why a body that does not start with `{` is not a config: what JSON it is instead, or
-/// why it is not JSON.
-fn not_an_object(body: &[u8]) -> String {
-    use serde_json::Value;
-    let kind = match serde_json::from_slice::<Value>(body) {
-        Err(e) => return syntax(&e),
-        Ok(Value::Array(_)) => "an array",
-        Ok(Value::String(_)) => "a string",
-        Ok(Value::Number(_)) => "a number",
-        Ok(Value::Bool(_)) => "a boolean",
-        Ok(Value::Null) => "null",
-        // Not reached: the caller checked that the body does not start with `{`.
-        Ok(Value::Object(_)) => "an object",
-    };
-    format!("invalid prefix config: the body must be a JSON object, not {kind}")
-}
-
-/// A JSON error for people: the body is one line, so only its column counts.
-fn syntax(e: &serde_json::Error) -> String {
-    format!(
-        "invalid prefix config: {}",
-        e.to_string().replace(" at line 1 column", " at column")
-    )
-}
-
-fn field(msg: impl Into<String>) -> PrefixError {
-    PrefixError::Field(msg.into())
-}
-
 impl PrefixConfig {
-    /// Parses and checks a request body; returns the config and its parsed template.
+    /// Parses and checks a request body with no history behind it: the mode as given, else
+    /// from the template's width, and no floor for `initial_seq` (tests and tools; the
+    /// service builds a [`ConfigRequest`] with the key's record and the layout).
     pub fn from_request(body: &[u8]) -> Result<(PrefixConfig, Template), PrefixError> {
-        // serde reads a struct from a JSON array too (its fields in order): only an object
-        // is a config.
-        if body.trim_ascii_start().first().is_some_and(|&b| b != b'{') {
-            return Err(field(not_an_object(body)));
-        }
-        let raw: RawConfig = serde_json::from_slice(body).map_err(|e| field(syntax(&e)))?;
-        let RawConfig {
-            format,
-            seq_length,
-            initial_seq,
-            mode,
-            reset,
-            utc_offset,
-            strict,
-        } = raw;
-        let seq_length = seq_length
-            .map(|n| {
-                integral(&n)
-                    .and_then(|i| u8::try_from(i).ok())
-                    .filter(|n| (1..=MAX_SEQ_WIDTH).contains(n))
-                    .ok_or_else(|| field(format!("seq_length must be from 1 to 20 (got {n})")))
-            })
-            .transpose()?;
-        // A JSON number or a decimal string of digits (IDs travel as strings).
-        let initial_seq = match initial_seq {
-            None | Some(serde_json::Value::Null) => Some(0),
-            Some(serde_json::Value::Number(n)) => integral(&n).and_then(|i| u64::try_from(i).ok()),
-            Some(serde_json::Value::String(s)) if s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse::<u64>().ok()
-            }
-            Some(_) => None,
-        }
-        .ok_or_else(|| field("initial_seq must be an integer from 0 to 18446744073709551615"))?;
-        let mode = match mode.as_deref() {
-            None | Some("snowflake") => Mode::Snowflake,
-            Some("sequence") => Mode::Sequence,
-            Some(other) => {
-                return Err(field(format!(
-                    "mode must be 'snowflake' or 'sequence' (got '{other}')"
-                )));
-            }
+        let request = ConfigRequest::parse(body)?;
+        let (mode, source) = match request.mode() {
+            Some(m) => (m, ModeSource::Given),
+            None => (request.mode_from_width(), ModeSource::Width),
         };
-        let reset = match reset.as_deref() {
-            None => Reset::Never,
-            Some(name) => Reset::parse(name).ok_or_else(|| {
-                field(format!(
-                    "reset must be 'never', 'yearly', 'monthly' or 'daily' (got '{name}')"
-                ))
-            })?,
-        };
-        let utc_offset = match utc_offset.as_deref() {
-            None => UtcOffset::default(),
-            Some(s) => UtcOffset::parse(s).ok_or_else(|| {
-                field(format!(
-                    "utc_offset must look like +08:00, at most 14 hours (got '{s}')"
-                ))
-            })?,
-        };
-        let strict = strict.unwrap_or(false);
-        if mode == Mode::Snowflake {
-            let only_sequence = [
-                (reset != Reset::Never, "reset"),
-                (strict, "strict"),
-                (initial_seq != 0, "initial_seq"),
-            ];
-            if let Some((_, name)) = only_sequence.iter().find(|(set, _)| *set) {
-                return Err(field(format!(
-                    "{name} applies to mode 'sequence' only; this config has mode 'snowflake'"
-                )));
-            }
-        }
-        let format = format.ok_or(PrefixError::MissingFormat)?;
-        let template = Template::parse(&format, seq_length)?;
-        let config = PrefixConfig {
-            format,
-            seq_length: template.seq_width(),
-            initial_seq,
-            mode,
-            reset,
-            utc_offset,
-            strict,
-        };
-        Ok((config, template))
+        request.build(mode, source, u64::MAX)
     }
 
     /// Parses the template of a config that was valid when stored.
@@ -375,14 +253,14 @@ mod tests {
                 format: "ORD-{SEQ:6}".into(),
                 seq_length: 6,
                 initial_seq: 0,
-                mode: Mode::Snowflake,
+                mode: Mode::Sequence,
                 reset: Reset::Never,
                 utc_offset: UtcOffset::default(),
                 strict: false,
             }
         );
         let c = parse(
-            r#"{"format":"INV-{SEQ}","seqLength":8,"initialSeq":"1000","mode":"sequence","utcOffset":"+08:00","reset":"monthly","strict":true}"#,
+            r#"{"format":"INV-{yy}{month}-{SEQ}","seqLength":8,"initialSeq":"1000","mode":"sequence","utcOffset":"+08:00","reset":"monthly","strict":true}"#,
         )
         .unwrap();
         assert_eq!(
@@ -399,6 +277,108 @@ mod tests {
         assert_eq!(back, c);
         assert_eq!(c.to_log_json()["initial_seq"], "****");
         assert_eq!(c.to_json()["utc_offset"], "+08:00");
+    }
+
+    /// SPEC 1.0: without `mode`, up to 15 digits is a sequence, from 16 on snowflake IDs;
+    /// a given mode wins.
+    #[test]
+    fn the_mode_follows_the_width_unless_given() {
+        for (body, mode) in [
+            (r#"{"format":"TEST-{SEQ:4}"}"#, Mode::Sequence),
+            (r#"{"format":"{SEQ:15}"}"#, Mode::Sequence),
+            (r#"{"format":"{SEQ}","seq_length":15}"#, Mode::Sequence),
+            (r#"{"format":"{SEQ:16}"}"#, Mode::Snowflake),
+            (r#"{"format":"O-{SEQ:19}"}"#, Mode::Snowflake),
+            (
+                r#"{"format":"T-{SEQ:4}","mode":"snowflake"}"#,
+                Mode::Snowflake,
+            ),
+            (
+                r#"{"format":"T-{SEQ:19}","mode":"sequence"}"#,
+                Mode::Sequence,
+            ),
+            // The seed's own body: a sequence whose first number is 2.
+            (
+                r#"{"format":"{prefix}-{year}-{SEQ:6}","seqLength":6,"initialSeq":1}"#,
+                Mode::Sequence,
+            ),
+        ] {
+            assert_eq!(parse(body).unwrap().mode, mode, "{body}");
+        }
+        let request = ConfigRequest::parse(br#"{"format":"A{SEQ:19}","strict":true}"#).unwrap();
+        assert_eq!(request.mode(), None);
+        let err = request
+            .build(Mode::Snowflake, ModeSource::Width, u64::MAX)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("from the template's width"),
+            "{err}"
+        );
+        let err = request
+            .build(Mode::Snowflake, ModeSource::Key, u64::MAX)
+            .unwrap_err();
+        assert!(err.to_string().contains("registered with"), "{err}");
+        assert!(request.build(Mode::Sequence, ModeSource::Key, 0).is_ok());
+    }
+
+    /// SPEC 1.3: a counter that starts over each period needs the period in the number.
+    #[test]
+    fn a_reset_needs_its_period_in_the_template() {
+        let ok = [
+            ("yearly", "{year}-{SEQ:4}"),
+            ("yearly", "{yy}{SEQ:4}"),
+            ("yearly", "{date}{SEQ:4}"),
+            ("monthly", "{year}{month}{SEQ:4}"),
+            ("monthly", "{yy}/{month}/{SEQ:4}"),
+            ("monthly", "{date}-{SEQ:4}"),
+            ("daily", "{date}-{SEQ:4}"),
+            ("daily", "{year}{month}{day}-{SEQ:4}"),
+            ("never", "{SEQ:4}"),
+        ];
+        for (reset, format) in ok {
+            let body = format!(r#"{{"format":"{format}","reset":"{reset}"}}"#);
+            assert!(parse(&body).is_ok(), "{body}");
+        }
+        let refused = [
+            ("yearly", "INV-{SEQ:4}", "a year ({year} or {yy})"),
+            ("monthly", "{year}-{SEQ:4}", "{month}"),
+            ("monthly", "{month}-{SEQ:4}", "a year ({year} or {yy})"),
+            // Finding 3: daily with year and month renders the same number every day.
+            ("daily", "INV-{year}{month}-{SEQ:4}", "{day}"),
+            ("daily", "{day}-{SEQ:4}", "a year ({year} or {yy}), {month}"),
+        ];
+        for (reset, format, missing) in refused {
+            let body = format!(r#"{{"format":"{format}","reset":"{reset}"}}"#);
+            match parse(&body) {
+                Err(e @ PrefixError::ResetNeedsPeriod { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.ends_with(&format!("or {missing}")), "{body}: {msg}");
+                    assert!(msg.contains(&format!("reset '{reset}'")), "{msg}");
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+    }
+
+    /// SPEC 1.3: on a snowflake prefix `initial_seq` is a floor, which must lie below the
+    /// IDs issued now.
+    #[test]
+    fn a_snowflake_floor_must_lie_below_the_ids_of_today() {
+        let request = ConfigRequest::parse(
+            br#"{"format":"O-{SEQ:3}","mode":"snowflake","initial_seq":"500"}"#,
+        )
+        .unwrap();
+        let (c, _) = request
+            .build(Mode::Snowflake, ModeSource::Given, 501)
+            .unwrap();
+        assert_eq!((c.mode, c.initial_seq), (Mode::Snowflake, 500));
+        let err = request
+            .build(Mode::Snowflake, ModeSource::Given, 500)
+            .unwrap_err();
+        assert!(
+            matches!(err, PrefixError::Field(ref m) if m.contains("below 500")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -453,11 +433,17 @@ mod tests {
             ),
             (r#"{"format":"A{SEQ}","seq_length":2.5}"#, "got 2.5"),
             (
-                r#"{"format":"A{SEQ:3}","initial_seq":5}"#,
-                "initial_seq applies to mode 'sequence' only",
+                r#"{"format":"A{SEQ:3}","mode":"snowflake","strict":true}"#,
+                "strict applies to mode 'sequence' only",
             ),
-            (r#"{"format":"A{SEQ:3}","strict":true}"#, "strict applies"),
-            (r#"{"format":"A{SEQ:3}","reset":"daily"}"#, "reset applies"),
+            (
+                r#"{"format":"{date}{SEQ:3}","mode":"snowflake","reset":"daily"}"#,
+                "reset applies",
+            ),
+            (
+                r#"{"format":"{date}{SEQ:19}","reset":"daily"}"#,
+                "reset applies",
+            ),
             (r#"{"format":"A{SEQ:3}""#, "invalid prefix config"),
             ("", "invalid prefix config"),
             ("[]", "invalid prefix config"),
