@@ -395,7 +395,7 @@ fn a_slow_claim_leaves_less_fence_time_and_no_normal_number_outlives_the_lease()
     let (helper, _) = direct.start_ready(&[]);
     register(&helper, "SF", "snowflake");
     let proxy = Proxy::for_endpoint(&etcd.endpoint());
-    proxy.set_delay(Duration::from_millis(450));
+    proxy.set_delay(Duration::from_millis(200));
     let slow = Cluster {
         endpoint: proxy.endpoint(),
         root: direct.root.clone(),

@@ -378,7 +378,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let s = Arc::new(service(&dir, clock.clone()));
-        s.apply("B", config(r#"{"format":"{SEQ:1}"}"#), 1).unwrap();
         s.apply("B", config(r#"{"format":"{SEQ:1}","mode":"snowflake"}"#), 1)
             .unwrap();
         let s2 = s.clone();
