@@ -138,20 +138,10 @@ impl Service {
         if let Some(e) = self.registry().get(key) {
             return Ok(e);
         }
-        let not_registered = || IssueError::NotRegistered(key.to_string());
         if !self.read_through {
-            return Err(not_registered());
+            return Err(IssueError::NotRegistered(key.to_string()));
         }
-        let seen = self
-            .store()
-            .observe_prefix(key)
-            .await
-            .map_err(IssueError::Storage)?;
-        self.registry
-            .observe(key, seen)
-            .ok()
-            .flatten()
-            .ok_or_else(not_registered)
+        self.read_from_store(key).await
     }
 
     /// The entry of `key` after its sequence allocator was closed: replaced here, or its
@@ -161,6 +151,12 @@ impl Service {
         if !self.read_through {
             return self.lookup(key).await;
         }
+        self.read_from_store(key).await
+    }
+
+    /// Reads `key` from the store and hands it to the registry (taken only if newer than
+    /// what it holds); the entry live afterwards.
+    async fn read_from_store(&self, key: &str) -> Result<Arc<Entry>, IssueError> {
         let seen = self
             .store()
             .observe_prefix(key)
