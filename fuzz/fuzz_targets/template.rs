@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use numgen::format::{RenderCtx, Template};
+use numgen::format::{NodeWidths, RenderCtx, Template};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&first, rest)) = data.split_first() else {
@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             offset_s: (seed % 100_801) as i32 - 50_400,
             dc: seed & 7,
             worker: seed & 63,
+            widths: NodeWidths::default(),
             degraded: seed & 1 == 1,
         };
         let _ = template.render_string(&ctx);
