@@ -13,6 +13,7 @@
 //! Every etcd key comes from `store::etcd::Keys`.
 
 pub mod lease;
+mod lease_loop;
 pub mod peer;
 pub mod registry;
 pub mod skew;

@@ -18,14 +18,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+mod history;
 mod records;
+mod writer;
 
+use history::{append_audit, next_revision, observed_in, record_revision, stored_u64};
 use records::{Guard, guard_allows, highest_seq, legacy_reset, stored_record};
+use writer::{TypedJob, Writer, write_loop};
 
 use super::record::{PrefixRecord, SeqGuard, Stored, plan_write};
 use super::{
-    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot,
-    Store, StoreError, Written, bounded, clash_rules, next_block,
+    AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, Revision, SeqBlock, Snapshot, Store,
+    StoreError, Written, bounded, clash_rules, next_block,
 };
 use crate::format::NodeWidths;
 use crate::prefix::PrefixConfig;
@@ -61,126 +65,6 @@ fn decode(key: &str, json: &str) -> Result<PrefixConfig, StoreError> {
 
 fn encode(config: &PrefixConfig) -> Result<String, StoreError> {
     serde_json::to_string(config).map_err(unavailable)
-}
-
-/// How many waiting writes one transaction takes at most.
-const MAX_GROUP: usize = 256;
-
-/// What a write tells its caller once the commit's outcome is known.
-type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-
-/// A write for the writer thread.
-trait WriteJob: Send {
-    /// Runs inside the shared transaction. `true` in the second place when the write failed
-    /// half-way, so the transaction must not be committed.
-    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> (Completion, bool);
-    /// Answers the caller when no transaction could be started.
-    fn fail(self: Box<Self>, e: StoreError);
-    /// True when the caller no longer waits for the answer (its deadline passed): the job
-    /// is dropped unrun, so a write answered as timed out never commits later.
-    fn abandoned(&self) -> bool;
-}
-
-struct TypedJob<T, F> {
-    f: F,
-    reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
-}
-
-impl<T, F> WriteJob for TypedJob<T, F>
-where
-    T: Send + 'static,
-    F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send,
-{
-    fn run(self: Box<Self>, txn: &redb::WriteTransaction) -> (Completion, bool) {
-        let out = (self.f)(txn);
-        // Logical refusals (overflow, mode change, layout) write nothing; an I/O error may
-        // have written half.
-        let poisoned = matches!(out, Err(StoreError::Unavailable(_)));
-        let reply = self.reply;
-        let done: Completion = Box::new(move |commit: Result<(), StoreError>| {
-            let _ = reply.send(commit.and(out));
-        });
-        (done, poisoned)
-    }
-
-    fn fail(self: Box<Self>, e: StoreError) {
-        let _ = self.reply.send(Err(e));
-    }
-
-    fn abandoned(&self) -> bool {
-        self.reply.is_closed()
-    }
-}
-
-/// The writer thread: takes every waiting write into one transaction, commits, answers.
-fn write_loop(db: Arc<Database>, jobs: std::sync::mpsc::Receiver<Box<dyn WriteJob>>) {
-    while let Ok(first) = jobs.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match jobs.try_recv() {
-                Ok(j) => group.push(j),
-                Err(_) => break,
-            }
-        }
-        group.retain(|j| !j.abandoned());
-        if group.is_empty() {
-            continue;
-        }
-        let txn = match db.begin_write() {
-            Ok(t) => t,
-            Err(e) => {
-                let e = unavailable(e);
-                group.into_iter().for_each(|j| j.fail(e.clone()));
-                continue;
-            }
-        };
-        let mut done = Vec::with_capacity(group.len());
-        let mut poisoned = false;
-        for job in group {
-            let (d, p) = job.run(&txn);
-            done.push(d);
-            poisoned |= p;
-        }
-        let outcome = if poisoned {
-            drop(txn);
-            Err(StoreError::Unavailable(
-                "a write in the same transaction failed; nothing was written".into(),
-            ))
-        } else {
-            txn.commit().map_err(unavailable)
-        };
-        for d in done {
-            d(outcome.clone());
-        }
-    }
-}
-
-/// The queue to the writer thread. Dropped with the last clone of the store: it closes the
-/// queue and waits for the thread, so that once the store is gone the file is closed and
-/// its lock free (a server run again in the same process can open it at once).
-struct Writer {
-    jobs: Option<std::sync::mpsc::Sender<Box<dyn WriteJob>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Writer {
-    fn send(&self, job: Box<dyn WriteJob>) -> Result<(), StoreError> {
-        self.jobs
-            .as_ref()
-            .and_then(|jobs| jobs.send(job).ok())
-            .ok_or_else(|| StoreError::Unavailable("the store's writer has stopped".into()))
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(thread) = self.thread.take()
-            && thread.thread().id() != std::thread::current().id()
-        {
-            let _ = thread.join();
-        }
-    }
 }
 
 /// A redb database file.
@@ -330,82 +214,6 @@ fn stored_seq(table: &redb::Table<&str, u64>, counter: &str) -> Result<Option<u6
 
 fn hwm_key(dc: u64, worker: u64) -> String {
     format!("{dc}/{worker}")
-}
-
-/// Appends `record` to the audit records of `key` in `txn`, numbered after the last one,
-/// and drops the oldest beyond [`AUDIT_KEEP`]. A key's records are numbered without gaps
-/// (only the oldest are ever removed), so its first and last number say how many it has.
-fn append_audit(
-    txn: &redb::WriteTransaction,
-    key: &str,
-    record: &AuditRecord,
-) -> Result<(), StoreError> {
-    let mut table = txn.open_table(AUDIT).map_err(unavailable)?;
-    let (first, last) = {
-        let mut rows = table
-            .range((key, 0)..=(key, u64::MAX))
-            .map_err(unavailable)?;
-        let first = rows.next().transpose().map_err(unavailable)?;
-        let first = first.map(|(k, _)| k.value().1);
-        let last = rows.next_back().transpose().map_err(unavailable)?;
-        (first, last.map(|(k, _)| k.value().1))
-    };
-    let next = last.or(first).map_or(1, |n| n + 1);
-    table
-        .insert((key, next), record.encode()?.as_str())
-        .map_err(unavailable)?;
-    let keep_from = (next + 1).saturating_sub(AUDIT_KEEP as u64);
-    for n in first.unwrap_or(next)..keep_from {
-        table.remove((key, n)).map_err(unavailable)?;
-    }
-    Ok(())
-}
-
-/// A value of a `&str -> u64` table (the revision tables).
-fn stored_u64(
-    table: &impl ReadableTable<&'static str, u64>,
-    key: &str,
-) -> Result<Option<u64>, StoreError> {
-    Ok(table.get(key).map_err(unavailable)?.map(|v| v.value()))
-}
-
-/// Records a new revision for the config of `key` written in `txn`, and returns it.
-fn record_revision(txn: &redb::WriteTransaction, key: &str) -> Result<Revision, StoreError> {
-    let revision = next_revision(txn)?;
-    let mut revisions = txn.open_table(PREFIX_REV).map_err(unavailable)?;
-    revisions.insert(key, revision).map_err(unavailable)?;
-    Ok(revision)
-}
-
-/// Bumps the config revision counter in `txn`: the revision of a write or delete made in it.
-fn next_revision(txn: &redb::WriteTransaction) -> Result<Revision, StoreError> {
-    let mut table = txn.open_table(REVISION).map_err(unavailable)?;
-    let next = stored_u64(&table, REVISION_KEY)?.unwrap_or(0) + 1;
-    table.insert(REVISION_KEY, next).map_err(unavailable)?;
-    Ok(next)
-}
-
-/// What the open tables hold under `key`: its config and revision, or the counter's value
-/// when it is absent. Data written before revisions were kept reads as revision 0.
-fn observed_in(
-    configs: &impl ReadableTable<&'static str, &'static str>,
-    revisions: &impl ReadableTable<&'static str, u64>,
-    counter: &impl ReadableTable<&'static str, u64>,
-    key: &str,
-) -> Result<Observed, StoreError> {
-    let config = configs
-        .get(key)
-        .map_err(unavailable)?
-        .map(|v| decode(key, v.value()))
-        .transpose()?;
-    let revision = match config {
-        Some(_) => stored_u64(revisions, key)?,
-        None => stored_u64(counter, REVISION_KEY)?,
-    };
-    Ok(Observed {
-        config,
-        revision: revision.unwrap_or(0),
-    })
 }
 
 #[async_trait]
