@@ -161,19 +161,8 @@ pub async fn connect(cfg: &EtcdConfig) -> Result<Members, ConnectError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tls::tests::cfg;
     use super::*;
-
-    fn cfg(endpoints: &[&str]) -> EtcdConfig {
-        EtcdConfig {
-            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
-            root: "/numgen".into(),
-            username: None,
-            password: None,
-            ca_file: None,
-            cert_file: None,
-            key_file: None,
-        }
-    }
 
     #[tokio::test]
     async fn https_without_a_ca_file_is_a_setting_error() {

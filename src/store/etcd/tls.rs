@@ -108,9 +108,10 @@ pub fn misconfigured(cfg: &EtcdConfig, endpoint: &str, detail: &str) -> Option<C
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
+    /// A config naming `endpoints`, nothing else set (also for `connect`'s tests).
     pub(crate) fn cfg(endpoints: &[&str]) -> EtcdConfig {
         EtcdConfig {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
