@@ -24,6 +24,8 @@ use tempfile::TempDir;
 
 /// How long a fresh etcd may take to report healthy.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(15);
+/// How long the threads of a member sent SIGSTOP may take to all stop.
+const STOPPED_WITHIN: Duration = Duration::from_secs(5);
 /// New port pairs to try when etcd cannot bind the ones picked (another process took them
 /// between our probe and etcd's bind).
 const PORT_ATTEMPTS: usize = 5;
@@ -81,8 +83,22 @@ impl Member {
     }
 
     /// Freezes the member (SIGSTOP): connections stay open but nothing is answered.
+    ///
+    /// Returns once every thread of the process is stopped: `kill` returns when the signal
+    /// is queued, and Linux stops a process's threads one after another, so on a busy
+    /// machine a member could otherwise still answer a request just after `kill` returned.
     pub fn pause(&self) {
         self.signal("-STOP");
+        let pid = self.pid();
+        let deadline = Instant::now() + STOPPED_WITHIN;
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} (pid {pid}) did not stop within {STOPPED_WITHIN:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Lets a paused member run again (SIGCONT).
@@ -791,4 +807,28 @@ fn post_json(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
     let (head, body) = reply.split_once("\r\n\r\n")?;
     let ok = head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200");
     ok.then(|| body.to_owned())
+}
+
+/// True when every thread of process `pid` is in the stopped state (`T` in
+/// `/proc/PID/task/TID/stat`). False while any thread still runs, or when `/proc` cannot
+/// be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        // `TID (comm) S ...`: the state follows the last `)`, as comm may hold one.
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
