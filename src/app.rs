@@ -134,7 +134,8 @@ async fn clustered(
         tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
     }
     let store = EtcdStore::new(crate::store::etcd::connect(etcd).await?, &etcd.root)
-        .with_node_widths(NodeWidths::of_layout(&config.layout));
+        .with_node_widths(NodeWidths::of_layout(&config.layout))
+        .with_timeout(config.store_timeout);
     let cluster = Arc::new(EtcdCluster::new(
         store.members().clone(),
         ClusterSettings {

@@ -120,7 +120,8 @@ impl Local {
     pub fn open(config: &Config) -> Result<Local, StandaloneError> {
         let dir = DataDir::open(&config.data_dir)?;
         let embedded = EmbeddedStore::open(&dir.path().join("numgen.redb"))?
-            .with_node_widths(NodeWidths::of_layout(&config.layout));
+            .with_node_widths(NodeWidths::of_layout(&config.layout))
+            .with_timeout(config.store_timeout);
         let store: Arc<dyn Store> = Arc::new(embedded.clone());
         let workers = Arc::new(StaticWorker::new(embedded, config.dc_id, config.worker_id));
         let admin_token = admin_token(config.admin_token.as_ref(), &dir)?;

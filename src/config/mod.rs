@@ -10,6 +10,7 @@ mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::id::{Layout, LayoutError, LayoutSettings, Policy, layout::DEFAULT_EPOCH_MS};
 
@@ -73,6 +74,8 @@ pub struct Config {
     pub rate_limit: Option<RateLimit>,
     /// Open connections at most (SPEC 7).
     pub max_connections: usize,
+    /// How long a request waits on the store (SPEC 3.5: default 2 s).
+    pub store_timeout: Duration,
     pub layout: Layout,
 }
 
@@ -120,6 +123,7 @@ impl Settings {
             rate_limit_per_s,
             rate_limit_burst,
             max_connections,
+            store_timeout_ms,
             layout,
         } = self;
         let layout = validate_layout(layout, now_ms)?;
@@ -145,6 +149,12 @@ impl Settings {
             1,
             1_000_000,
         )? as usize;
+        let store_timeout = Duration::from_millis(within(
+            "store_timeout_ms",
+            store_timeout_ms.unwrap_or(crate::store::DEFAULT_TIMEOUT.as_millis() as u64),
+            100,
+            60_000,
+        )?);
         let admin_token = token(admin_token)?;
         let etcd = validate_etcd(
             EtcdArgs {
@@ -174,6 +184,7 @@ impl Settings {
             log_format,
             rate_limit,
             max_connections,
+            store_timeout,
             layout,
         })
     }
@@ -445,6 +456,7 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Text);
         assert_eq!(c.rate_limit, None);
         assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.store_timeout, Duration::from_secs(2));
         assert!(c.etcd.is_none());
         assert_eq!(c.layout.settings(), &LayoutSettings::default());
     }
@@ -488,6 +500,8 @@ mod tests {
             ),
             ("rate_limit_burst = 5", "rate_limit_burst"),
             ("max_connections = 0", "max_connections"),
+            ("store_timeout_ms = 99", "store_timeout_ms"),
+            ("store_timeout_ms = 60001", "store_timeout_ms"),
             ("admin_token = \"\"", "admin_token"),
             (
                 "etcd_endpoints = [\"http://127.0.0.1:2379\"]",

@@ -115,6 +115,9 @@ pub struct Settings {
     /// Open connections at most; beyond it new ones wait in the listen backlog [default: 10000].
     #[arg(long, env = "NUMGEN_MAX_CONNECTIONS")]
     pub max_connections: Option<u64>,
+    /// How long a request waits on the store (etcd or redb) before 503 STORAGE_UNAVAILABLE, ms [default: 2000].
+    #[arg(long, env = "NUMGEN_STORE_TIMEOUT_MS")]
+    pub store_timeout_ms: Option<u64>,
     #[command(flatten)]
     #[serde(default)]
     pub layout: LayoutArgs,
@@ -188,6 +191,7 @@ impl Settings {
             rate_limit_per_s,
             rate_limit_burst,
             max_connections,
+            store_timeout_ms,
             layout,
         } = self;
         let LayoutArgs {
@@ -222,6 +226,7 @@ impl Settings {
             rate_limit_per_s: rate_limit_per_s.or(lower.rate_limit_per_s),
             rate_limit_burst: rate_limit_burst.or(lower.rate_limit_burst),
             max_connections: max_connections.or(lower.max_connections),
+            store_timeout_ms: store_timeout_ms.or(lower.store_timeout_ms),
             layout: LayoutArgs {
                 epoch: epoch.or(lower.layout.epoch),
                 time_unit_ms: time_unit_ms.or(lower.layout.time_unit_ms),
