@@ -237,7 +237,20 @@ fn a_partitioned_datacenter_keeps_snowflake_normal_and_catches_up_after_the_heal
     // dc 0 goes on with everything, and registers a prefix dc 1 cannot see yet.
     seq_a.record("SEQ", &seq(&take(&a, "SEQ", 5)));
     let before = metric(&b, "numgen_prefixes").unwrap_or(0.0);
-    a.register("LATE", r#"{"format":"L-{SEQ:1}","mode":"snowflake"}"#);
+    // Retried: on a loaded machine a write may outlast the 2 s store deadline (a 409 then
+    // means an earlier attempt committed).
+    wait_for(
+        FEW_SECONDS,
+        || "LATE registered in dc 0".to_string(),
+        || {
+            let r = a.admin(
+                "POST",
+                "/prefix-configs/LATE",
+                r#"{"format":"L-{SEQ:1}","mode":"snowflake"}"#,
+            );
+            matches!(r.status, 200 | 201 | 409).then_some(())
+        },
+    );
 
     // A dc 1 node restarted during the partition starts from the mirror.
     c.restart();

@@ -178,7 +178,7 @@ mod tests {
         assert_eq!(g.endpoints, ["http://g:1"]);
         assert_eq!(g.root, "/r");
         assert_eq!(g.username.as_deref(), Some("g"));
-        assert_eq!(c.etcd.unwrap().username, None);
+        assert_eq!(c.etcd.as_ref().unwrap().username, None);
         assert!(!format!("{c:?}").contains("gsecret"));
     }
 
