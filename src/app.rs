@@ -32,6 +32,8 @@ use crate::store::{Store, StoreError};
 use crate::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
+mod tiers;
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{path}: {source}")]
@@ -95,6 +97,8 @@ struct Backend {
     /// How far ahead timestamps are reserved.
     window_ms: u64,
     cluster: Option<Arc<EtcdCluster>>,
+    /// Cluster mode with a global etcd tier apart from this datacenter's.
+    tiers: Option<tiers::Tiers>,
     _data_dir: Option<DataDir>,
 }
 
@@ -114,6 +118,7 @@ fn standalone(config: &Config, node_id: &str, addr: &str) -> Result<Backend, App
         read_through: false,
         window_ms: STANDALONE_WINDOW_MS,
         cluster: None,
+        tiers: None,
         _data_dir: Some(local.dir),
     })
 }
@@ -133,11 +138,15 @@ async fn clustered(
     if config.worker_id != 0 {
         tracing::warn!("worker_id is ignored in cluster mode: worker IDs are leased from etcd");
     }
-    let store = EtcdStore::new(crate::store::etcd::connect(etcd).await?, &etcd.root)
+    // Leases, `hwm/` and the registry on this datacenter's etcd; the store (configs,
+    // counters, layout) on the global tier, which is the same etcd unless configured.
+    let (local, tiers) = tiers::connect_tiers(etcd, config.global_etcd.as_ref()).await?;
+    let global = tiers.as_ref().map_or(&local, |t| &t.global).clone();
+    let store = EtcdStore::new(global, &etcd.root)
         .with_node_widths(NodeWidths::of_layout(&config.layout))
         .with_timeout(config.store_timeout);
     let cluster = Arc::new(EtcdCluster::new(
-        store.members().clone(),
+        local,
         ClusterSettings {
             root: etcd.root.clone(),
             dc: config.dc_id,
@@ -149,7 +158,10 @@ async fn clustered(
         },
         clock,
     ));
-    tracing::info!(endpoints = ?etcd.endpoints, root = %etcd.root, dc = config.dc_id, "cluster mode");
+    if let Some(t) = &tiers {
+        cluster.registry().set_global(t.global.clone());
+    }
+    tracing::info!(endpoints = ?etcd.endpoints, root = %etcd.root, dc = config.dc_id, tiers = if tiers.is_some() { 2 } else { 1 }, "cluster mode");
     Ok(Backend {
         store: Arc::new(store),
         workers: cluster.clone(),
@@ -158,6 +170,7 @@ async fn clustered(
         read_through: true,
         window_ms: timing::reserve_window(config.lease_ttl_s).as_millis() as u64,
         cluster: Some(cluster),
+        tiers,
         _data_dir: None,
     })
 }
@@ -260,10 +273,11 @@ async fn build(config: &Config, addr: &str) -> Result<Parts, AppError> {
         None => standalone(config, &node_id, addr)?,
         Some(etcd) => clustered(config, etcd, &node_id, addr, clock.clone()).await?,
     };
-    backend
-        .store
-        .check_layout(&layout_fingerprint(config))
-        .await?;
+    let fingerprint = layout_fingerprint(config);
+    match &backend.tiers {
+        None => backend.store.check_layout(&fingerprint).await?,
+        Some(t) => tiers::check_layout(backend.store.as_ref(), t, &fingerprint).await?,
+    }
     if config.layout.expires_within_five_years(clock.now_ms()) {
         tracing::warn!(
             expires_unix_ms = config.layout.expires_at_ms(),
@@ -287,10 +301,13 @@ async fn build(config: &Config, addr: &str) -> Result<Parts, AppError> {
         metrics.clone(),
         backend.read_through,
     ));
-    let prefixes = service
-        .load()
-        .await
-        .map_err(|e| AppError::Cluster(e.to_string()))?;
+    let prefixes = match &backend.tiers {
+        None => service
+            .load()
+            .await
+            .map_err(|e| AppError::Cluster(e.to_string()))?,
+        Some(t) => tiers::load(&service, t).await?,
+    };
     Ok(Parts {
         metrics,
         node,
@@ -329,6 +346,18 @@ async fn spawn_tasks(
                 "etcd health",
                 cluster.members().clone().watch_health(stop.clone()),
             );
+            if let Some(t) = &backend.tiers {
+                let claim = claim_tx.subscribe();
+                tiers::spawn(
+                    &mut tasks,
+                    t,
+                    cluster,
+                    node,
+                    config.lease_ttl_s,
+                    claim,
+                    stop,
+                );
+            }
             tasks.spawn(
                 "lease",
                 crate::cluster::lease::run_lease(
@@ -338,12 +367,13 @@ async fn spawn_tasks(
                     stop.clone(),
                 ),
             );
+            let (watched, sink) = tiers::watch_target(cluster, backend.tiers.as_ref(), service);
             tasks.spawn(
                 "prefix watch",
                 crate::cluster::watch::watch_prefixes(
-                    cluster.members().clone(),
+                    watched,
                     cluster.keys().clone(),
-                    service.clone(),
+                    sink,
                     crate::store::DEFAULT_TIMEOUT,
                     stop.clone(),
                 ),

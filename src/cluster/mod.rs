@@ -6,6 +6,8 @@
 //! - [`registry`]: the node registry, each node's entry at the worker key it holds;
 //! - [`watch`]: prefix configs shared by watch, into a [`watch::ConfigSink`];
 //! - [`skew`] (the pure estimate) and [`skew_monitor`] (the periodic peer check);
+//! - [`mirror`] and [`tiers`]: with two etcd tiers (SPEC 5), the local tier's mirror of
+//!   the global prefix configs, the global tier's reachability and node registry;
 //! - [`peer`]: a one-shot GET of a peer's JSON route (its `/ready` on the status page).
 //!
 //! Every period, deadline and retry wait comes from `crate::timing`.
@@ -14,10 +16,12 @@
 
 pub mod lease;
 mod lease_loop;
+pub mod mirror;
 pub mod peer;
 pub mod registry;
 pub mod skew;
 pub mod skew_monitor;
+pub mod tiers;
 pub mod watch;
 
 pub use lease::{ClusterSettings, EtcdCluster};

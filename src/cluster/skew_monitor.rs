@@ -48,8 +48,10 @@ pub async fn watch_skew(
     }
 }
 
-/// This node's offset from the median of its peers' clocks, probed in parallel; `None`
-/// when the registry cannot be read or fewer than two peers answer.
+/// This node's offset from the median of its peers' clocks, probed in parallel: the peers
+/// of its own datacenter first (a WAN round trip blurs the estimate), all of them when
+/// fewer than two of its own answer; `None` when the registry cannot be read or fewer than
+/// two peers answer.
 async fn measure(registry: &NodeRegistry) -> Option<f64> {
     let nodes = registry.nodes().await.ok()?;
     let mut probes = tokio::task::JoinSet::new();
@@ -58,21 +60,26 @@ async fn measure(registry: &NodeRegistry) -> Option<f64> {
         .filter(|n| n.node_id != registry.node_id())
     {
         let clock = registry.clock().clone();
+        let same_dc = peer.dc_id == registry.dc();
         probes.spawn(async move {
-            skew::probe(
+            let sample = skew::probe(
                 &peer.addr,
                 clock.as_ref(),
                 SAMPLES,
                 timing::SKEW_PROBE_TIMEOUT,
             )
-            .await
+            .await;
+            (same_dc, sample)
         });
     }
-    let mut offsets = Vec::new();
+    let (mut own, mut all) = (Vec::new(), Vec::new());
     while let Some(r) = probes.join_next().await {
-        if let Ok(Some(sample)) = r {
-            offsets.push(sample.offset_ms);
+        if let Ok((same_dc, Some(sample))) = r {
+            if same_dc {
+                own.push(sample.offset_ms);
+            }
+            all.push(sample.offset_ms);
         }
     }
-    skew::node_offset(&offsets)
+    skew::node_offset(&own).or_else(|| skew::node_offset(&all))
 }

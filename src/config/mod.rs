@@ -5,12 +5,15 @@
 //! no key can be forgotten, and hands each group of keys to a small check of its own.
 //! Secrets are [`Secret`]s: they print as `****`.
 
+mod etcd;
 mod secret;
 mod settings;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use etcd::EtcdArgs;
 
 use crate::id::{Layout, LayoutError, LayoutSettings, Policy, layout::DEFAULT_EPOCH_MS};
 
@@ -61,7 +64,11 @@ pub struct Config {
     pub advertise_addr: Option<String>,
     pub data_dir: PathBuf,
     pub admin_token: Option<Secret>,
+    /// This datacenter's etcd (cluster mode when set).
     pub etcd: Option<EtcdConfig>,
+    /// The global etcd tier, when it is another cluster than `etcd` (`None`: the same
+    /// cluster and credentials, as with one etcd for everything).
+    pub global_etcd: Option<EtcdConfig>,
     pub dc_id: u64,
     pub worker_id: u64,
     pub lease_ttl_s: u64,
@@ -112,6 +119,12 @@ impl Settings {
             etcd_ca_file,
             etcd_cert_file,
             etcd_key_file,
+            global_etcd_endpoints,
+            global_etcd_username,
+            global_etcd_password,
+            global_etcd_ca_file,
+            global_etcd_cert_file,
+            global_etcd_key_file,
             dc_id,
             worker_id,
             lease_ttl_s,
@@ -156,7 +169,7 @@ impl Settings {
             60_000,
         )?);
         let admin_token = token(admin_token)?;
-        let etcd = validate_etcd(
+        let (etcd, global_etcd) = etcd::validate(
             EtcdArgs {
                 endpoints: etcd_endpoints,
                 root: etcd_root,
@@ -166,6 +179,15 @@ impl Settings {
                 cert_file: etcd_cert_file,
                 key_file: etcd_key_file,
             },
+            EtcdArgs {
+                endpoints: global_etcd_endpoints,
+                root: None,
+                username: global_etcd_username,
+                password: global_etcd_password,
+                ca_file: global_etcd_ca_file,
+                cert_file: global_etcd_cert_file,
+                key_file: global_etcd_key_file,
+            },
             admin_token.is_some(),
         )?;
         Ok(Config {
@@ -174,6 +196,7 @@ impl Settings {
             data_dir: data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             admin_token,
             etcd,
+            global_etcd,
             dc_id,
             worker_id,
             lease_ttl_s,
@@ -284,98 +307,6 @@ fn token(token: Option<Secret>) -> Result<Option<Secret>, ConfigError> {
         }
         other => Ok(other),
     }
-}
-
-/// The `etcd_*` keys, as read.
-struct EtcdArgs {
-    endpoints: Option<Vec<String>>,
-    root: Option<String>,
-    username: Option<String>,
-    password: Option<Secret>,
-    ca_file: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    key_file: Option<PathBuf>,
-}
-
-/// The endpoints, trimmed, without empty ones; a scheme other than http(s) is an error.
-fn etcd_endpoints(endpoints: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
-    let endpoints: Vec<String> = endpoints
-        .unwrap_or_default()
-        .into_iter()
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .collect();
-    let scheme_ok = |e: &str| e.starts_with("http://") || e.starts_with("https://");
-    match endpoints
-        .iter()
-        .find(|e| e.contains("://") && !scheme_ok(e))
-    {
-        Some(e) => Err(bad(
-            "etcd_endpoints",
-            format!("'{e}' must be http://host:port or https://host:port"),
-        )),
-        None => Ok(endpoints),
-    }
-}
-
-/// Cluster mode when any endpoint is set; then an admin token is required too.
-fn validate_etcd(args: EtcdArgs, has_token: bool) -> Result<Option<EtcdConfig>, ConfigError> {
-    let EtcdArgs {
-        endpoints,
-        root,
-        username,
-        password,
-        ca_file,
-        cert_file,
-        key_file,
-    } = args;
-    let endpoints = etcd_endpoints(endpoints)?;
-    if endpoints.is_empty() {
-        return Ok(None);
-    }
-    if !has_token {
-        return Err(bad(
-            "admin_token",
-            "is required in cluster mode (with etcd_endpoints)",
-        ));
-    }
-    let root = root.unwrap_or_else(|| DEFAULT_ETCD_ROOT.to_string());
-    if !root.starts_with('/') || (root.len() > 1 && root.ends_with('/')) {
-        return Err(bad(
-            "etcd_root",
-            format!("'{root}' must start with '/' and not end with '/'"),
-        ));
-    }
-    let https = endpoints.iter().any(|e| e.starts_with("https://"));
-    let rules = [
-        (
-            cert_file.is_some() != key_file.is_some(),
-            "etcd_cert_file",
-            "etcd_cert_file and etcd_key_file go together",
-        ),
-        (
-            https && ca_file.is_none(),
-            "etcd_ca_file",
-            "https etcd endpoints need etcd_ca_file (the CA that signed etcd's certificate)",
-        ),
-        (
-            username.is_some() != password.is_some(),
-            "etcd_username",
-            "etcd_username and etcd_password go together",
-        ),
-    ];
-    if let Some((_, key, message)) = rules.into_iter().find(|(broken, _, _)| *broken) {
-        return Err(bad(key, message));
-    }
-    Ok(Some(EtcdConfig {
-        endpoints,
-        root,
-        username,
-        password,
-        ca_file,
-        cert_file,
-        key_file,
-    }))
 }
 
 /// Parses `epoch` (RFC 3339 or Unix ms).

@@ -82,6 +82,26 @@ pub struct Settings {
     /// Client key (PEM) for etcd.
     #[arg(long, env = "NUMGEN_ETCD_KEY_FILE")]
     pub etcd_key_file: Option<PathBuf>,
+    /// The global etcd tier, comma-separated: prefix configs, sequence counters and the
+    /// layout, one for every datacenter [default: the etcd_endpoints cluster, with its
+    /// credentials].
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub global_etcd_endpoints: Option<Vec<String>>,
+    /// Global etcd user name (needs global_etcd_endpoints).
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_USERNAME")]
+    pub global_etcd_username: Option<String>,
+    /// Global etcd password (needs global_etcd_endpoints).
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_PASSWORD", hide_env_values = true)]
+    pub global_etcd_password: Option<Secret>,
+    /// CA certificate (PEM) for https global etcd endpoints.
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_CA_FILE")]
+    pub global_etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for the global etcd.
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_CERT_FILE")]
+    pub global_etcd_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for the global etcd.
+    #[arg(long, env = "NUMGEN_GLOBAL_ETCD_KEY_FILE")]
+    pub global_etcd_key_file: Option<PathBuf>,
     /// Datacenter ID [default: 0].
     #[arg(long, env = "NUMGEN_DC_ID")]
     pub dc_id: Option<u64>,
@@ -180,6 +200,12 @@ impl Settings {
             etcd_ca_file,
             etcd_cert_file,
             etcd_key_file,
+            global_etcd_endpoints,
+            global_etcd_username,
+            global_etcd_password,
+            global_etcd_ca_file,
+            global_etcd_cert_file,
+            global_etcd_key_file,
             dc_id,
             worker_id,
             lease_ttl_s,
@@ -215,6 +241,12 @@ impl Settings {
             etcd_ca_file: etcd_ca_file.or(lower.etcd_ca_file),
             etcd_cert_file: etcd_cert_file.or(lower.etcd_cert_file),
             etcd_key_file: etcd_key_file.or(lower.etcd_key_file),
+            global_etcd_endpoints: global_etcd_endpoints.or(lower.global_etcd_endpoints),
+            global_etcd_username: global_etcd_username.or(lower.global_etcd_username),
+            global_etcd_password: global_etcd_password.or(lower.global_etcd_password),
+            global_etcd_ca_file: global_etcd_ca_file.or(lower.global_etcd_ca_file),
+            global_etcd_cert_file: global_etcd_cert_file.or(lower.global_etcd_cert_file),
+            global_etcd_key_file: global_etcd_key_file.or(lower.global_etcd_key_file),
             dc_id: dc_id.or(lower.dc_id),
             worker_id: worker_id.or(lower.worker_id),
             lease_ttl_s: lease_ttl_s.or(lower.lease_ttl_s),

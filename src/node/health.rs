@@ -1,4 +1,5 @@
-//! The node's health flags (starting, lease lost, clock skew, stopping): setting them,
+//! The node's health flags (starting, lease lost, clock skew, stopping, global etcd tier
+//! unreachable): setting them,
 //! the degraded episodes they start and end (one WARN each way), what `/ready` says, and
 //! `numgen_lease_healthy`, whose only writer is here.
 
@@ -12,6 +13,9 @@ pub(super) const STARTING: u32 = 1;
 pub(super) const LEASE_LOST: u32 = 1 << 1;
 pub(super) const CLOCK_SKEW: u32 = 1 << 2;
 pub(super) const STOPPING: u32 = 1 << 3;
+/// Two etcd tiers, and the global one does not answer: nothing about this node's numbers
+/// (snowflake needs only the local tier), so `/ready` names it without changing its status.
+pub(super) const GLOBAL_UNREACHABLE: u32 = 1 << 4;
 
 /// What `/ready` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +74,12 @@ impl Node {
 
     pub fn set_stopping(&self) {
         self.set_flag(STOPPING, true);
+    }
+
+    /// Marks the global etcd tier as not answering (or answering again); `true` when that
+    /// changed.
+    pub fn set_global_unreachable(&self, on: bool) -> bool {
+        self.set_flag(GLOBAL_UNREACHABLE, on)
     }
 
     /// Fences the node (lease lost) or lifts the fence. While fenced, time stands still at
@@ -198,6 +208,11 @@ impl Node {
             "ok"
         };
         blocking.extend(degrading);
+        // Informational: the status stays what the numbers are (sequence prefixes and
+        // admin writes answer STORAGE_UNAVAILABLE on their own).
+        if flags & GLOBAL_UNREACHABLE != 0 {
+            blocking.push("global_etcd_unreachable");
+        }
         Readiness {
             status,
             reasons: blocking,

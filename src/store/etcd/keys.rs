@@ -12,7 +12,16 @@
 //! {root}/layout                 the ID layout the data was written with
 //! {root}/audit/{key}/{id}       one audit record of a prefix config change (JSON); a
 //!                               key's records are ordered by their create revision
+//! {root}/mirror/prefixes/{key}  local tier: the config as the global tier has it, JSON
+//!                               `{"revision": R, "config": {...} | null}` (null: deleted)
+//! {root}/nodes/{dc}/{node_id}   global tier, with two tiers: a node's registry entry
+//!                               (leased), so every datacenter's nodes are listed
 //! ```
+//!
+//! With two etcd tiers (SPEC 5), the local one (this datacenter's) holds `workers/`,
+//! `hwm/`, `mirror/` and its own `layout` (the layout its data was written with, checked
+//! against the global one); the global one holds `prefixes/`, `records/`, `audit/`,
+//! `seq/`, `seq-reset/`, `layout` and `nodes/`. With one etcd, all of it is in one.
 //!
 //! The root is normalised once: surrounding and repeated slashes do not matter, so `/`
 //! gives `/layout`, and `/numgen`, `/numgen/` and `numgen` all give `/numgen/layout`. The
@@ -120,6 +129,32 @@ impl Keys {
         self.under(format_args!("layout"))
     }
 
+    /// `mirror/prefixes/{key}`: the local tier's copy of a prefix config.
+    pub fn mirror(&self, key: &str) -> String {
+        self.under(format_args!("mirror/prefixes/{key}"))
+    }
+
+    /// `mirror/prefixes/`: every mirrored config.
+    pub fn mirrors(&self) -> String {
+        self.under(format_args!("mirror/prefixes/"))
+    }
+
+    /// The prefix key of a mirrored config's full etcd key.
+    pub fn mirror_name<'a>(&self, full: &'a str) -> Option<&'a str> {
+        let name = full.strip_prefix(&self.mirrors())?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// `nodes/{dc}/{node_id}`: a node's entry in the global tier's registry (leased).
+    pub fn dc_node(&self, dc: u64, node_id: &str) -> String {
+        self.under(format_args!("nodes/{dc}/{node_id}"))
+    }
+
+    /// `nodes/`: every datacenter's nodes in the global tier.
+    pub fn dc_nodes(&self) -> String {
+        self.under(format_args!("nodes/"))
+    }
+
     /// `audit/{key}/`: the audit records of a prefix key.
     pub fn audit(&self, key: &str) -> String {
         self.under(format_args!("audit/{key}/"))
@@ -171,6 +206,11 @@ mod tests {
         assert!(!k.audit_record("INVOICE", "x").starts_with(&k.audit("INV")));
         assert_eq!(k.seq_periods("INV"), "/numgen/seq/INV/");
         assert_eq!(k.record("INV"), "/numgen/records/INV");
+        assert_eq!(k.mirror("INV"), "/numgen/mirror/prefixes/INV");
+        assert_eq!(k.mirror_name(&k.mirror("INV")), Some("INV"));
+        assert_eq!(k.mirror_name(&k.prefix("INV")), None);
+        assert_eq!(k.dc_node(1, "n"), "/numgen/nodes/1/n");
+        assert_eq!(k.dc_nodes(), "/numgen/nodes/");
         let top = Keys::new("/");
         assert_eq!(top.worker(0, 3), "/workers/0/3");
         assert_eq!(top.prefixes(), "/prefixes/");
