@@ -10,7 +10,11 @@
 #      SILENT TCP connections that send nothing; each one the server closes is opened
 #      again at once. Meanwhile the honest client runs again on its own connection;
 #   3. the attackers leave; numgen's RSS is read again once its connections are gone
-#      ("idle") and once the honest client has run for DURATION again ("serving again").
+#      ("idle", 1 s after its open fds are back to the level before) and once the honest
+#      client has run for DURATION again ("serving again").
+# "Before" is read 1 s after the honest client's first DURATION run (after a 2 s warm-up),
+# and "serving again" right after the same honest run: both sampled after the same warm-up.
+# Each reading also prints numgen's threads and its anonymous memory (smaps_rollup).
 # RSS (VmRSS) is sampled every 100 ms. Targets: peak RSS < 256 MiB; honest p99 < 10 ms;
 # RSS after within 20% of before.
 #
@@ -60,6 +64,9 @@ honest() {
 }
 
 open_fds() { ls "/proc/$PID/fd" | wc -l; }
+threads() { ls "/proc/$PID/task" | wc -l; }
+# Where the resident memory is: anonymous (heap, stacks) and file-backed (the binary).
+smaps() { awk '/^(Anonymous|Rss|Private_Dirty):/ { printf "%s %d kB  ", $1, $2 }' "/proc/$PID/smaps_rollup"; }
 
 # Warm up, then the level before.
 wrk -t1 -c1 -d2s "http://$ADDR/numbers/K" >/dev/null
@@ -68,7 +75,7 @@ P99_ALONE=$P99_US
 sleep 1
 BEFORE=$(rss_kb "$PID")
 FDS_BEFORE=$(open_fds)
-echo "  RSS before: $(mb "$BEFORE") ($FDS_BEFORE open fds)"
+echo "  RSS before: $(mb "$BEFORE") ($FDS_BEFORE open fds, $(threads) threads; $(smaps))"
 
 # RSS samples every 100 ms until the sampler is stopped.
 ( while kill -0 "$PID" 2>/dev/null; do rss_kb "$PID"; sleep 0.1; done ) >"$WORK/rss" 2>/dev/null &
@@ -86,7 +93,7 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 grep -q ready "$WORK/abuse.out" || { echo "the attackers did not connect" >&2; exit 1; }
-echo "  attackers connected; numgen has $(open_fds) open fds, RSS $(mb "$(rss_kb "$PID")")"
+echo "  attackers connected; numgen has $(open_fds) open fds, $(threads) threads, RSS $(mb "$(rss_kb "$PID")")"
 honest "honest, under attack"
 P99_ATTACK=$P99_US
 wait "$ATTACKER" || true
@@ -101,12 +108,14 @@ sleep 1
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
 AFTER_IDLE=$(rss_kb "$PID")
+echo "  RSS after, idle: $(mb "$AFTER_IDLE") ($(open_fds) open fds, $(threads) threads; $(smaps))"
 PEAK=$(sort -n "$WORK/rss" | tail -n1)
 HWM=$(awk '/^VmHWM:/ { print $2 }' "/proc/$PID/status")
-# The allocator gives freed pages back as its threads run again: RSS once honest traffic
-# has resumed is the level the service keeps.
+# RSS once honest traffic has resumed is the level the service keeps; the target compares
+# it with "before". (numgen collects freed memory when its connections fall: src/http/memory.rs.)
 honest "honest, after"
 AFTER=$(rss_kb "$PID")
+echo "  RSS after, serving again: $(mb "$AFTER") ($(open_fds) open fds, $(threads) threads; $(smaps))"
 
 echo "== result"
 echo "  RSS before $(mb "$BEFORE"), peak during $(mb "$PEAK") (VmHWM $(mb "$HWM")), after: idle $(mb "$AFTER_IDLE"), serving again $(mb "$AFTER") ($(open_fds) open fds)"

@@ -69,6 +69,7 @@ fn serve(config: Config) -> ExitCode {
     init_logging(config.log_format);
     let served = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(numgen::http::memory::on_park)
         .build()
         .map_err(|e| (format!("cannot start the runtime: {e}"), false))
         .and_then(|runtime| {

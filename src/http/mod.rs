@@ -5,6 +5,7 @@
 //!   budget (`budget`), the idle and stall watchdog, graceful close.
 //! - [`router`]: path and method to a route, metrics per route, errors into responses.
 //! - `request`: path parameters, query, percent-decoding, `Accept`, the bounded body.
+//! - [`memory`]: gives freed memory back to the OS once a burst of connections is gone.
 //! - `numbers`: the numbers route, rendered straight into the response buffer.
 //! - `admin`: the bearer-token check, `/prefix-configs` and its audit history.
 //! - [`ops`]: `/ids`, `/health`, `/ready`, `/metrics`, `/cluster/nodes`.
@@ -19,6 +20,7 @@ mod budget;
 mod conn;
 pub mod error;
 mod leaf;
+pub mod memory;
 mod numbers;
 pub mod openapi;
 pub mod ops;
@@ -103,6 +105,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut accept_warn = conn::Throttled::new(ACCEPT_WARN_EVERY);
     let mut full_warn = conn::Throttled::new(ACCEPT_WARN_EVERY);
+    let collector = tokio::spawn(memory::watch());
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
@@ -152,6 +155,7 @@ pub async fn serve(
         }
     }
     drop(listener);
+    collector.abort();
     let _ = stop_tx.send(true);
     // Every connection gives its slot back when it ends.
     let all_closed = slots.acquire_many(max as u32);
@@ -170,6 +174,7 @@ impl OpenConnection {
     fn new((open, accepted): (prometheus::IntGauge, prometheus::IntCounter)) -> OpenConnection {
         accepted.inc();
         open.inc();
+        memory::opened();
         OpenConnection(open)
     }
 }
@@ -177,6 +182,7 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
+        memory::closed();
     }
 }
 
