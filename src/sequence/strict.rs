@@ -46,10 +46,10 @@ impl StrictQueue {
         let mut group: Vec<Waiter> = Vec::new();
         let mut total = 0u64;
         while let Some(w) = self.waiting.front() {
-            if let Some(first) = group.first() {
-                if first.period != w.period || total.saturating_add(w.want) > MAX_GROUP_NUMBERS {
-                    break;
-                }
+            if let Some(first) = group.first()
+                && (first.period != w.period || total.saturating_add(w.want) > MAX_GROUP_NUMBERS)
+            {
+                break;
             }
             total = total.saturating_add(w.want);
             group.extend(self.waiting.pop_front());
@@ -188,7 +188,9 @@ mod tests {
 
     #[test]
     fn a_block_is_split_in_order_and_whole_requests_only() {
-        let cases: &[(SeqBlock, &[u64], &[Option<SeqBlock>], Option<u64>)] = &[
+        /// (block, wants, runs, first unused number)
+        type Case<'a> = (SeqBlock, &'a [u64], &'a [Option<SeqBlock>], Option<u64>);
+        let cases: &[Case<'_>] = &[
             (
                 b(1, 6),
                 &[1, 2, 3],
