@@ -73,14 +73,21 @@ fn serve(config: Config) -> ExitCode {
         .build()
         .map_err(|e| (format!("cannot start the runtime: {e}"), false))
         .and_then(|runtime| {
-            runtime.block_on(async {
+            // The server runs as a task on the workers, not in `block_on` on the main
+            // thread: the accept loop allocates every connection's state, and only the
+            // workers collect freed memory when they park (`http::memory`); memory that
+            // the main thread allocated and the workers freed stayed with it.
+            let server = runtime.spawn(async move {
                 let listener = tokio::net::TcpListener::bind(config.listen)
                     .await
                     .map_err(|e| (format!("listen: cannot bind {}: {e}", config.listen), false))?;
                 numgen::app::run(config, listener, shutdown_signal())
                     .await
                     .map_err(|e| (e.to_string(), e.is_setting()))
-            })
+            });
+            runtime
+                .block_on(server)
+                .map_err(|e| (format!("the server task failed: {e}"), false))?
         });
     match served {
         Ok(()) => ExitCode::SUCCESS,
