@@ -8,7 +8,6 @@
 //! that ends sooner — a panic above all — is logged at ERROR, stops the server as a
 //! shutdown signal would, and makes `run` return an error (the process exits non-zero).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::{Id, JoinError, JoinSet};
 
 use crate::clock::{Clock, ForwardJumps, SystemClock};
 use crate::cluster::{ClusterSettings, ClusterView, EtcdCluster, Standalone};
@@ -32,7 +30,10 @@ use crate::store::{Store, StoreError};
 use crate::timing::{self, SKEW_CHECK_EVERY, STANDALONE_WINDOW_MS};
 use crate::worker::{self, WorkerClaim, WorkerError, WorkerSource};
 
+mod tasks;
 mod tiers;
+
+use tasks::Tasks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -173,52 +174,6 @@ async fn clustered(
         tiers,
         _data_dir: None,
     })
-}
-
-/// The node's background tasks, each named for the log.
-#[derive(Default)]
-struct Tasks {
-    set: JoinSet<()>,
-    names: HashMap<Id, &'static str>,
-    failed: Vec<&'static str>,
-}
-
-impl Tasks {
-    fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let id = self.set.spawn(task).id();
-        self.names.insert(id, name);
-    }
-
-    /// Records how a task ended; `early`: before it was told to stop.
-    fn record(&mut self, ended: Result<(Id, ()), JoinError>, early: bool) {
-        let (id, error) = match ended {
-            Ok((id, ())) => (id, None),
-            Err(e) => (e.id(), Some(e)),
-        };
-        let name = self.names.get(&id).copied().unwrap_or("unnamed");
-        match error {
-            Some(e) => tracing::error!(task = name, error = %e, "background task failed"),
-            None if early => tracing::error!(task = name, "background task ended before shutdown"),
-            None => return,
-        }
-        self.failed.push(name);
-    }
-
-    /// Resolves when a task ends before shutdown; never, while none does.
-    async fn ended_early(&mut self) {
-        match self.set.join_next_with_id().await {
-            Some(ended) => self.record(ended, true),
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Awaits every task (they have been told to stop); the names of those that failed.
-    async fn join_all(mut self) -> Vec<&'static str> {
-        while let Some(ended) = self.set.join_next_with_id().await {
-            self.record(ended, false);
-        }
-        self.failed
-    }
 }
 
 /// Reads the clock every 100 ms: ends backward episodes without traffic, and reports
