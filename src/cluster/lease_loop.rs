@@ -13,6 +13,7 @@ use super::lease::EtcdCluster;
 use super::sleep_or_stop;
 use crate::node::Node;
 use crate::store::StoreError;
+use crate::store::etcd::Members;
 use crate::timing;
 use crate::worker::{self, WorkerClaim, WorkerError};
 
@@ -118,9 +119,12 @@ pub async fn run_lease(
 /// is the renewal: it sends one request and checks the answer's TTL), so a member that
 /// stops answering holds a renewal for one attempt's deadline and the next attempt goes to
 /// another member. A renewal sent twice is harmless.
-async fn renew(cluster: &EtcdCluster, lease: i64, limit: Duration) -> Result<bool, StoreError> {
-    cluster
-        .members
+pub(super) async fn renew(
+    members: &Members,
+    lease: i64,
+    limit: Duration,
+) -> Result<bool, StoreError> {
+    members
         .call(limit, |mut c, _| async move {
             match c.lease_keep_alive(lease).await {
                 Ok(_) => Ok(true),
@@ -177,7 +181,13 @@ async fn keep_alive(
         }
         let sent = Instant::now();
         last_try = Some(sent);
-        match renew(cluster, claim.lease, timing::renewal_deadline(ttl_s)).await {
+        match renew(
+            &cluster.members,
+            claim.lease,
+            timing::renewal_deadline(ttl_s),
+        )
+        .await
+        {
             Ok(true) => {
                 fence_at = sent + fence_after;
                 failed = false;

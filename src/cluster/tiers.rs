@@ -93,16 +93,7 @@ async fn refresh(
 ) -> Result<i64, StoreError> {
     let limit = timing::renewal_deadline(ttl_s);
     let alive = match lease {
-        Some(l) => global
-            .call(limit, |mut c, _| async move {
-                match c.lease_keep_alive(l).await {
-                    Ok(_) => Ok(true),
-                    Err(etcd_client::Error::LeaseKeepAliveError(m)) if m == "lease not found" => {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            })
+        Some(l) => super::lease_loop::renew(global, l, limit)
             .await?
             .then_some(l),
         None => None,
