@@ -1,9 +1,11 @@
 //! Sequence mode (SPEC section 1.2): dense counters handed out from blocks reserved in the
 //! store. A node keeps the block it is using and, once half of it is gone, reserves the next
-//! one in the background, so requests do not wait on the store in steady state. Blocks grow
-//! (up to [`MAX_BLOCK`], which bounds the gap a crash leaves) while they last under a
-//! second, and shrink back when load drops.
-//! `strict` prefixes reserve exactly what each request takes, durably, before answering.
+//! one in the background, so requests do not wait on the store in steady state. Blocks are
+//! sized from the prefix's rate and the measured round trip of its reservations
+//! ([`sizing`]; at most [`MAX_BLOCK`], which bounds the gap a crash leaves), so that half a
+//! block outlasts a reservation also over a WAN.
+//! `strict` prefixes reserve exactly what each request takes, durably, before answering;
+//! the requests waiting on a prefix share one reservation ([`strict`]).
 //!
 //! Numbers are unique because the store's high-water mark only moves forward under a
 //! transaction; they increase per node because each block starts above the previous one.
@@ -12,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use prometheus::IntCounter;
 
@@ -20,10 +22,10 @@ use crate::format::civil_from_unix_ms;
 use crate::prefix::{PrefixConfig, Reset, UtcOffset};
 use crate::store::{SeqBlock, SeqGuard, Store, StoreError, counter_name};
 
-/// Block size when a counter starts (SPEC: 1000).
-pub const BASE_BLOCK: u64 = 1000;
-/// Largest block a busy counter grows to.
-pub const MAX_BLOCK: u64 = 16_000;
+pub mod sizing;
+pub mod strict;
+
+pub use sizing::{BASE_BLOCK, MAX_BLOCK};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SeqError {
@@ -87,8 +89,14 @@ struct State {
     period: Option<String>,
     blocks: VecDeque<Block>,
     prefetching: bool,
+    /// The size of the last block reserved.
     size: u64,
+    /// When the last block was reserved, and the numbers taken since (for the rate).
     last_reserved: Option<Instant>,
+    taken_since: u64,
+    /// Numbers per second, and the round trip of a reservation in seconds (estimates).
+    rate: f64,
+    rtt: Option<f64>,
     closed: bool,
 }
 
@@ -104,6 +112,8 @@ pub struct SeqAllocator {
     offset: UtcOffset,
     store: Arc<dyn Store>,
     state: Mutex<State>,
+    /// Strict requests waiting for a reservation.
+    strict_queue: Mutex<strict::StrictQueue>,
     /// Serialises reservations: one store round trip at a time per prefix.
     refill: tokio::sync::Mutex<()>,
     reserved_total: IntCounter,
@@ -131,8 +141,12 @@ impl SeqAllocator {
                 prefetching: false,
                 size: BASE_BLOCK,
                 last_reserved: None,
+                taken_since: 0,
+                rate: 0.0,
+                rtt: None,
                 closed: false,
             }),
+            strict_queue: Mutex::new(strict::StrictQueue::default()),
             refill: tokio::sync::Mutex::new(()),
             reserved_total,
         }
@@ -181,9 +195,9 @@ impl SeqAllocator {
                     return Err(SeqError::Closed);
                 }
                 let retired = if st.period != period {
+                    // The rate and round trip carry over: the new period's first block is
+                    // sized for them.
                     let old_period = std::mem::replace(&mut st.period, period.clone());
-                    st.size = BASE_BLOCK;
-                    st.last_reserved = None;
                     Some((std::mem::take(&mut st.blocks), old_period))
                 } else {
                     None
@@ -225,6 +239,7 @@ impl SeqAllocator {
                     start: front.next,
                     end: front.next + (n - 1),
                 };
+                st.taken_since += n;
                 if run.end == front.end {
                     front.exhausted = true;
                 } else {
@@ -284,16 +299,14 @@ impl SeqAllocator {
             if st.period.as_deref() != period || enough {
                 return Ok(());
             }
-            // Grow while blocks go fast, shrink back when they last.
-            st.size = match st.last_reserved.map(|t| t.elapsed()) {
-                Some(d) if d < Duration::from_secs(1) => (st.size * 2).min(MAX_BLOCK),
-                Some(d) if d > Duration::from_secs(30) => (st.size / 2).max(BASE_BLOCK),
-                _ => st.size,
-            };
-            st.last_reserved = Some(Instant::now());
+            // A request that waits although a block would have held it: the prefetch was
+            // late.
+            let starved = want.is_some_and(|w| w <= st.size);
+            st.size = next_size(&mut st, starved);
             st.size
                 .max(want.unwrap_or(0).saturating_sub(left.min(now_left)))
         };
+        let t0 = Instant::now();
         let block = self
             .store
             .reserve_seq_as(
@@ -307,6 +320,7 @@ impl SeqAllocator {
         self.reserved_total.inc();
         let stale = {
             let mut st = self.lock();
+            st.rtt = Some(sizing::next_rtt(st.rtt, t0.elapsed().as_secs_f64()));
             if st.closed || st.period.as_deref() != period {
                 true
             } else {
@@ -328,30 +342,6 @@ impl SeqAllocator {
             return Err(SeqError::Closed);
         }
         Ok(())
-    }
-
-    async fn take_strict(&self, want: u64, period: Option<String>) -> Result<Taken, SeqError> {
-        let _one_at_a_time = self.refill.lock().await;
-        if self.lock().closed {
-            return Err(SeqError::Closed);
-        }
-        let counter = self.counter(period.as_deref());
-        let block = self
-            .store
-            .reserve_seq_as(&counter, want, self.initial, Some(&self.guard()))
-            .await
-            .map_err(|e| self.map_store(e))?;
-        self.reserved_total.inc();
-        if block.len() < want {
-            // Clamped at u64::MAX: nobody can reserve after it, so this gives it all back
-            // and a smaller request can still have those numbers.
-            let _ = self
-                .store
-                .release_seq_as(&counter, block.end, block.start - 1, Some(&self.guard()))
-                .await;
-            return Err(SeqError::Overflow(self.key.to_string()));
-        }
-        Ok(Taken { runs: vec![block] })
     }
 
     /// Gives unused numbers back, newest block first, while nobody reserved after us.
@@ -389,12 +379,32 @@ impl SeqAllocator {
     }
 }
 
+/// The size of the next block, from the rate since the last reservation and the round
+/// trip measured so far. A request that had to wait for it (`starved`) at least doubles
+/// the last size: the prefetch did not start early enough.
+fn next_size(st: &mut State, starved: bool) -> u64 {
+    let now = Instant::now();
+    if let Some(t) = st.last_reserved {
+        let secs = now.duration_since(t).as_secs_f64().max(0.001);
+        st.rate = sizing::next_rate(st.rate, st.taken_since as f64 / secs);
+    }
+    st.last_reserved = Some(now);
+    st.taken_since = 0;
+    let size = sizing::block_size(st.rate, st.rtt.unwrap_or(0.0));
+    if starved && st.rtt.is_some() {
+        size.max(st.size.saturating_mul(2).min(MAX_BLOCK))
+    } else {
+        size
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::prefix::Mode;
     use crate::store::embedded::EmbeddedStore;
     use std::collections::HashSet;
+    use std::time::Duration;
 
     const T0: u64 = 1_763_700_000_000; // 2025-11-21T04:40Z
 

@@ -1,0 +1,509 @@
+//! Group commit for `strict` prefixes: each request's numbers are durably reserved before
+//! it is answered, but the requests waiting on one prefix share a reservation.
+//!
+//! A request joins the prefix's queue; one driver task (started by the request that found
+//! nobody driving) takes the queued requests of one period — up to [`MAX_GROUP_NUMBERS`]
+//! numbers — and reserves their total in one store transaction, while the requests that
+//! arrive meanwhile queue for the next one. When the reservation is durable each request
+//! gets its own contiguous run of it, in queue order; when it fails, exactly the requests
+//! in it fail, with the store's error. Reservations run one at a time, each above the one
+//! before, so on a node the numbers increase in the order reservations complete. A crash
+//! between a reservation and its answers loses those numbers (a gap); no number is handed
+//! out that is not durably reserved.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::{SeqAllocator, SeqError, Taken, sizing};
+use crate::store::SeqBlock;
+
+/// The most numbers one strict reservation takes for a group (it always takes at least
+/// the first request, whatever its count).
+pub const MAX_GROUP_NUMBERS: u64 = 1_000_000;
+
+/// One request waiting for its numbers.
+struct Waiter {
+    period: Option<String>,
+    want: u64,
+    reply: oneshot::Sender<Result<Taken, SeqError>>,
+}
+
+/// The strict requests of one prefix waiting for a reservation.
+#[derive(Default)]
+pub(super) struct StrictQueue {
+    waiting: VecDeque<Waiter>,
+    /// A driver task is running (it empties the queue before it stops).
+    driving: bool,
+}
+
+impl StrictQueue {
+    /// The next group: the longest run at the head of the queue of one period, within
+    /// [`MAX_GROUP_NUMBERS`] (at least one request).
+    fn next_group(&mut self) -> Vec<Waiter> {
+        let mut group: Vec<Waiter> = Vec::new();
+        let mut total = 0u64;
+        while let Some(w) = self.waiting.front() {
+            if let Some(first) = group.first()
+                && (first.period != w.period || total.saturating_add(w.want) > MAX_GROUP_NUMBERS)
+            {
+                break;
+            }
+            total = total.saturating_add(w.want);
+            group.extend(self.waiting.pop_front());
+        }
+        group
+    }
+}
+
+/// Splits `block` among `wants`, in order: each gets a contiguous run, or `None` when
+/// what is left of the block cannot hold it (the block came back short at u64::MAX).
+/// Also returns the first number nobody got, if any.
+fn split(block: SeqBlock, wants: &[u64]) -> (Vec<Option<SeqBlock>>, Option<u64>) {
+    let mut next = Some(block.start);
+    let runs = wants
+        .iter()
+        .map(|&want| {
+            let start = next?;
+            let end = start.checked_add(want.checked_sub(1)?)?;
+            if end > block.end {
+                return None;
+            }
+            next = end.checked_add(1).filter(|&n| n <= block.end);
+            Some(SeqBlock { start, end })
+        })
+        .collect();
+    (runs, next)
+}
+
+impl SeqAllocator {
+    fn strict_queue(&self) -> MutexGuard<'_, StrictQueue> {
+        // No code panics while holding it; recover the data if one ever did.
+        self.strict_queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes `want` numbers of a strict prefix, durably reserved before this returns.
+    pub(super) async fn take_strict(
+        self: &Arc<Self>,
+        want: u64,
+        period: Option<String>,
+    ) -> Result<Taken, SeqError> {
+        let (reply, answer) = oneshot::channel();
+        let start_driver = {
+            let mut q = self.strict_queue();
+            q.waiting.push_back(Waiter {
+                period,
+                want,
+                reply,
+            });
+            !std::mem::replace(&mut q.driving, true)
+        };
+        if start_driver {
+            // A task of its own: a request that goes away (its client hung up) must not
+            // stop the reservation the others are waiting on.
+            let me = self.clone();
+            tokio::spawn(async move { me.drive_strict().await });
+        }
+        // The driver answers every waiter it takes; a lost answer can only mean the
+        // driver is gone, and the caller then looks the prefix up again.
+        answer.await.unwrap_or(Err(SeqError::Closed))
+    }
+
+    /// Reserves for the queued requests, one group at a time, until the queue is empty.
+    async fn drive_strict(&self) {
+        loop {
+            let group = {
+                let mut q = self.strict_queue();
+                let group = q.next_group();
+                if group.is_empty() {
+                    q.driving = false;
+                    return;
+                }
+                group
+            };
+            self.reserve_group(group).await;
+        }
+    }
+
+    async fn reserve_group(&self, group: Vec<Waiter>) {
+        let _one_at_a_time = self.refill.lock().await;
+        if self.lock().closed {
+            for w in group {
+                let _ = w.reply.send(Err(SeqError::Closed));
+            }
+            return;
+        }
+        let period = group.first().and_then(|w| w.period.clone());
+        let counter = self.counter(period.as_deref());
+        let wants: Vec<u64> = group.iter().map(|w| w.want).collect();
+        let total = wants.iter().fold(0u64, |a, &w| a.saturating_add(w));
+        let t0 = Instant::now();
+        let reserved = self
+            .store
+            .reserve_seq_as(&counter, total, self.initial, Some(&self.guard()))
+            .await;
+        let block = match reserved {
+            Ok(block) => block,
+            Err(e) => {
+                let e = self.map_store(e);
+                for w in group {
+                    let _ = w.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        self.reserved_total.inc();
+        {
+            let mut st = self.lock();
+            st.rtt = Some(sizing::next_rtt(st.rtt, t0.elapsed().as_secs_f64()));
+        }
+        let (runs, unused) = split(block, &wants);
+        if let Some(from) = unused {
+            // Short at u64::MAX: nobody can reserve after it, so the rest goes back and a
+            // smaller request can still have those numbers.
+            let _ = self
+                .store
+                .release_seq_as(&counter, block.end, from - 1, Some(&self.guard()))
+                .await;
+        }
+        for (w, run) in group.into_iter().zip(runs) {
+            let answer = match run {
+                Some(run) => Ok(Taken { runs: vec![run] }),
+                None => Err(SeqError::Overflow(self.key.to_string())),
+            };
+            let _ = w.reply.send(answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(start: u64, end: u64) -> SeqBlock {
+        SeqBlock { start, end }
+    }
+
+    #[test]
+    fn a_block_is_split_in_order_and_whole_requests_only() {
+        /// (block, wants, runs, first unused number)
+        type Case<'a> = (SeqBlock, &'a [u64], &'a [Option<SeqBlock>], Option<u64>);
+        let cases: &[Case<'_>] = &[
+            (
+                b(1, 6),
+                &[1, 2, 3],
+                &[Some(b(1, 1)), Some(b(2, 3)), Some(b(4, 6))],
+                None,
+            ),
+            (b(11, 11), &[1], &[Some(b(11, 11))], None),
+            // Short at the top of u64: a request that does not fit is refused, a smaller
+            // one after it still gets what is left, and the rest is given back.
+            (
+                b(u64::MAX - 4, u64::MAX),
+                &[2, 6, 2, 5],
+                &[
+                    Some(b(u64::MAX - 4, u64::MAX - 3)),
+                    None,
+                    Some(b(u64::MAX - 2, u64::MAX - 1)),
+                    None,
+                ],
+                Some(u64::MAX),
+            ),
+            (
+                b(u64::MAX - 1, u64::MAX),
+                &[1, 1, 1],
+                &[
+                    Some(b(u64::MAX - 1, u64::MAX - 1)),
+                    Some(b(u64::MAX, u64::MAX)),
+                    None,
+                ],
+                None,
+            ),
+        ];
+        for (block, wants, runs, unused) in cases {
+            assert_eq!(split(*block, wants), (runs.to_vec(), *unused), "{wants:?}");
+        }
+    }
+
+    #[test]
+    fn a_group_is_one_period_and_capped() {
+        let mut q = StrictQueue::default();
+        let add = |q: &mut StrictQueue, period: Option<&str>, want: u64| {
+            let (reply, _) = oneshot::channel();
+            q.waiting.push_back(Waiter {
+                period: period.map(str::to_string),
+                want,
+                reply,
+            });
+        };
+        for _ in 0..3 {
+            add(&mut q, Some("2026"), 10);
+        }
+        add(&mut q, Some("2027"), 10);
+        add(&mut q, Some("2027"), MAX_GROUP_NUMBERS);
+        add(&mut q, Some("2027"), MAX_GROUP_NUMBERS + 5);
+        let sizes = |g: Vec<Waiter>| g.iter().map(|w| w.want).collect::<Vec<_>>();
+        assert_eq!(sizes(q.next_group()), [10, 10, 10]);
+        assert_eq!(sizes(q.next_group()), [10]);
+        assert_eq!(sizes(q.next_group()), [MAX_GROUP_NUMBERS]);
+        assert_eq!(sizes(q.next_group()), [MAX_GROUP_NUMBERS + 5]);
+        assert!(q.next_group().is_empty());
+    }
+
+    mod on_stores {
+        use std::collections::{HashMap, HashSet};
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use prometheus::IntCounter;
+        use tokio::sync::Semaphore;
+
+        use crate::prefix::{Mode, PrefixConfig, Reset, UtcOffset};
+        use crate::sequence::{SeqAllocator, SeqError};
+        use crate::store::embedded::EmbeddedStore;
+        use crate::store::{
+            AuditMeta, AuditRecord, Observed, PrefixRecord, Revision, SeqBlock, SeqGuard, Snapshot,
+            Store, StoreError, Written, next_block,
+        };
+
+        const T0: u64 = 1_763_700_000_000;
+
+        fn config(initial: u64) -> PrefixConfig {
+            PrefixConfig {
+                format: "S-{SEQ:4}".into(),
+                seq_length: 4,
+                initial_seq: initial,
+                mode: Mode::Sequence,
+                reset: Reset::Never,
+                utc_offset: UtcOffset::default(),
+                strict: true,
+            }
+        }
+
+        fn alloc(store: Arc<dyn Store>) -> Arc<SeqAllocator> {
+            let counter = IntCounter::new("t", "t").unwrap();
+            Arc::new(SeqAllocator::new("S".into(), &config(0), store, counter))
+        }
+
+        /// An in-memory counter store whose reservations wait at a gate the test opens
+        /// one at a time, and fail when the test says so (by reservation index).
+        struct Gated {
+            counters: Mutex<HashMap<String, u64>>,
+            gate: Semaphore,
+            /// The size of every reservation asked for, in order.
+            asked: Mutex<Vec<u64>>,
+            fail: Mutex<HashSet<usize>>,
+        }
+
+        impl Default for Gated {
+            fn default() -> Self {
+                Gated {
+                    counters: Mutex::default(),
+                    gate: Semaphore::new(0),
+                    asked: Mutex::default(),
+                    fail: Mutex::default(),
+                }
+            }
+        }
+
+        fn unsupported<T>() -> Result<T, StoreError> {
+            Err(StoreError::Unavailable("not in this fake".into()))
+        }
+
+        #[async_trait::async_trait]
+        impl Store for Gated {
+            async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
+                unsupported()
+            }
+            async fn observe_prefix(&self, _: &str) -> Result<Observed, StoreError> {
+                unsupported()
+            }
+            async fn write_prefix(
+                &self,
+                _: &str,
+                _: &PrefixConfig,
+                _: bool,
+                _: &AuditMeta,
+            ) -> Result<(Written, Revision), StoreError> {
+                unsupported()
+            }
+            async fn remove_prefix(
+                &self,
+                _: &str,
+                _: &AuditMeta,
+            ) -> Result<Option<Revision>, StoreError> {
+                unsupported()
+            }
+            async fn prefix_history(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
+                unsupported()
+            }
+            async fn prefix_record(&self, _: &str) -> Result<Option<PrefixRecord>, StoreError> {
+                unsupported()
+            }
+            async fn reserve_seq_as(
+                &self,
+                counter: &str,
+                size: u64,
+                initial: u64,
+                _: Option<&SeqGuard<'_>>,
+            ) -> Result<SeqBlock, StoreError> {
+                let index = {
+                    let mut asked = self.asked.lock().unwrap();
+                    asked.push(size);
+                    asked.len() - 1
+                };
+                self.gate.acquire().await.unwrap().forget();
+                if self.fail.lock().unwrap().contains(&index) {
+                    return Err(StoreError::Unavailable("injected".into()));
+                }
+                let mut counters = self.counters.lock().unwrap();
+                let current = counters
+                    .get(counter)
+                    .copied()
+                    .unwrap_or(initial)
+                    .max(initial);
+                let block = next_block(current, size)
+                    .ok_or_else(|| StoreError::Overflow(counter.into()))?;
+                counters.insert(counter.into(), block.end);
+                Ok(block)
+            }
+            async fn release_seq_as(
+                &self,
+                counter: &str,
+                block_end: u64,
+                back_to: u64,
+                _: Option<&SeqGuard<'_>>,
+            ) -> Result<bool, StoreError> {
+                let mut counters = self.counters.lock().unwrap();
+                let ends_there = counters.get(counter) == Some(&block_end);
+                if ends_there {
+                    counters.insert(counter.into(), back_to);
+                }
+                Ok(ends_there)
+            }
+            async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {
+                Ok(self.counters.lock().unwrap().get(counter).copied())
+            }
+            async fn check_layout(&self, _: &str) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+
+        /// Polls (bounded) until `f` holds.
+        async fn until(what: &str, f: impl Fn() -> bool) {
+            for _ in 0..1000 {
+                if f() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("timed out waiting for {what}");
+        }
+
+        fn numbers(r: &Result<crate::sequence::Taken, SeqError>) -> Vec<u64> {
+            r.as_ref().unwrap().iter().collect()
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn waiting_requests_share_a_reservation_and_fail_together() {
+            let store = Arc::new(Gated::default());
+            let a = alloc(store.clone());
+            let asked = |n: usize| {
+                let store = store.clone();
+                move || store.asked.lock().unwrap().len() == n
+            };
+            let queued = |n: usize| {
+                let a = a.clone();
+                move || a.strict_queue().waiting.len() == n
+            };
+            let spawn = |want: u64| {
+                let a = a.clone();
+                tokio::spawn(async move { a.take(want, T0).await })
+            };
+
+            // One request alone: its reservation is held at the gate.
+            let first = spawn(1);
+            until("the first reservation", asked(1)).await;
+            // Three more queue behind it, and go as one reservation of 2 + 3 + 4.
+            let group: Vec<_> = [2, 3, 4].into_iter().map(spawn).collect();
+            until("three queued", queued(3)).await;
+            store.fail.lock().unwrap().insert(1);
+            store.gate.add_permits(1);
+            assert_eq!(numbers(&first.await.unwrap()), [1]);
+            until("the group's reservation", asked(2)).await;
+            assert_eq!(store.asked.lock().unwrap()[1], 9);
+            // Two more arrive while the group's reservation is in flight.
+            let late = [spawn(5), {
+                until("one queued", queued(1)).await;
+                spawn(1)
+            }];
+            until("two queued", queued(2)).await;
+            store.gate.add_permits(1);
+            for t in group {
+                let r = t.await.unwrap();
+                assert!(
+                    matches!(r, Err(SeqError::Store(StoreError::Unavailable(_)))),
+                    "{r:?}"
+                );
+            }
+            // The failed reservation moved nothing: the next group starts at 2.
+            until("the late group's reservation", asked(3)).await;
+            store.gate.add_permits(1);
+            let late: Vec<Vec<u64>> = {
+                let mut out = Vec::new();
+                for t in late {
+                    out.push(numbers(&t.await.unwrap()));
+                }
+                out
+            };
+            assert_eq!(late, [vec![2, 3, 4, 5, 6], vec![7]]);
+            assert_eq!(*store.asked.lock().unwrap(), [1, 9, 6]);
+            assert_eq!(store.get_seq("S").await.unwrap(), Some(7));
+            // The driver stopped with the queue empty; the next request starts another.
+            until("the driver to stop", || !a.strict_queue().driving).await;
+            store.gate.add_permits(1);
+            assert_eq!(numbers(&a.take(2, T0).await), [8, 9]);
+        }
+
+        /// Many concurrent strict takers on two allocators (two nodes) sharing one
+        /// embedded store: no number twice, each caller's numbers increasing, and,
+        /// nothing having failed, exactly 1..=N handed out and reserved (strict leaves
+        /// no gap).
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_strict_takers_get_dense_unique_numbers() {
+            let dir = tempfile::tempdir().unwrap();
+            let store: Arc<dyn Store> =
+                Arc::new(EmbeddedStore::open(&dir.path().join("db")).unwrap());
+            let mut tasks = Vec::new();
+            for _ in 0..2 {
+                let a = alloc(store.clone());
+                for t in 0..16u64 {
+                    let a = a.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        for i in 0..60u64 {
+                            got.extend(a.take(1 + (i + t) % 5, T0).await.unwrap().iter());
+                        }
+                        got
+                    }));
+                }
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                let got = t.await.unwrap();
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "a caller went back");
+                all.extend(got);
+            }
+            all.sort_unstable();
+            let n = all.len() as u64;
+            assert_eq!(
+                all,
+                (1..=n).collect::<Vec<_>>(),
+                "repeated or missing numbers"
+            );
+            assert_eq!(store.get_seq("S").await.unwrap(), Some(n));
+        }
+    }
+}
