@@ -281,12 +281,15 @@ fn concurrent_issuing_across_config_changes_never_repeats() {
             })
             .collect();
         let admin = scope.spawn(|| churn_configs(&s, &stop));
-        let results = workers
-            .into_iter()
-            .map(|w| w.join().expect("worker"))
-            .collect();
+        // Join every worker before unwrapping any: the churn must stop even when a
+        // worker failed, or the scope would wait on it for ever.
+        let joined: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let rounds = admin.join().expect("admin");
+        let results = joined
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect();
         assert!(rounds > 3, "only {rounds} config changes");
         results
     });

@@ -19,6 +19,10 @@ use super::registry::{Entry, Kind};
 
 use crate::timing::{RESERVATION_POLL, RESERVATION_WAIT};
 
+/// How many times a request tries a prefix whose config keeps being replaced under it
+/// before it answers `NOT_READY`.
+pub const CONFIG_TRIES: u32 = 4;
+
 /// Receives issued numbers in order; the HTTP layer writes them into the response body.
 pub trait Sink {
     /// One number: `render` writes its text, `id` is the ID or counter value.
@@ -38,7 +42,8 @@ pub enum IssueError {
     Overflow(String),
     #[error(transparent)]
     Storage(StoreError),
-    /// The prefix's config was replaced while the request used it, twice in a row.
+    /// The prefix's config was replaced while the request used it, [`CONFIG_TRIES`] times
+    /// in a row.
     #[error("the config of prefix '{0}' changed while issuing; retry")]
     ConfigChanged(String),
 }
@@ -178,7 +183,7 @@ impl Service {
         sink: &mut impl Sink,
     ) -> Result<(), IssueError> {
         let mut entry = self.lookup(key).await?;
-        let mut retried = false;
+        let mut tries = 1;
         loop {
             let result = match &entry.kind {
                 Kind::Snowflake(last) => {
@@ -194,8 +199,10 @@ impl Service {
                 Kind::Sequence(alloc) => self.issue_sequence(&entry, alloc, count, sink).await,
             };
             match result {
-                Err(IssueError::ConfigChanged(_)) if !retried => {
-                    retried = true;
+                Err(IssueError::ConfigChanged(_)) if tries < CONFIG_TRIES => {
+                    // Each try found a newer config: someone is writing it, and the next
+                    // try most likely gets to use the one just written.
+                    tries += 1;
                     entry = self.refresh(key).await?;
                 }
                 other => return other,
