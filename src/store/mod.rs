@@ -232,6 +232,30 @@ pub trait Store: Send + Sync + 'static {
         initial: u64,
         guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError>;
+    /// How many strict reservations of one counter a node may have in flight at once
+    /// (see [`Store::reserve_seq_after`]); 1 for a store that answers without a network
+    /// round trip.
+    fn strict_depth(&self) -> usize {
+        1
+    }
+    /// One attempt, one round trip: reserves `after + 1 ..= after + size` when the counter
+    /// stands at exactly `after` and `guard`'s format is current, as this store last saw
+    /// the key's record. `None` when it does not (or this store cannot tell without a
+    /// read): nothing was reserved, and the caller reserves with
+    /// [`Store::reserve_seq_as`], which reads what is stored now. A caller that knows
+    /// where its reservation in flight will leave the counter can send the next one
+    /// before the first is answered; the counter's value is the compare, so of two
+    /// reservations counting on the same value at most one commits, and one counting on
+    /// a value never reached commits nothing.
+    async fn reserve_seq_after(
+        &self,
+        _counter: &str,
+        _after: u64,
+        _size: u64,
+        _guard: &SeqGuard<'_>,
+    ) -> Result<Option<SeqBlock>, StoreError> {
+        Ok(None)
+    }
     /// [`Store::reserve_seq_as`] without a guard.
     async fn reserve_seq(
         &self,

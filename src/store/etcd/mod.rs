@@ -175,6 +175,10 @@ fn append_audit(
 /// How many sequence counters' last known state [`EtcdStore`] keeps before it starts over
 /// (each is a key and two numbers; counters of old periods are not used again).
 const KNOWN_COUNTERS: usize = 4096;
+/// Strict reservations of one counter in flight at once. The allocator paces them (a few
+/// per round trip); this bound only keeps a round-trip estimate that lags behind (a WAN
+/// that just got slower) from making the room, not the round trip, what requests wait on.
+const STRICT_DEPTH: usize = 16;
 
 /// The etcd backend. Cheap to clone: the members' clients are handles on shared
 /// connections, and the counters' last known state is shared.
@@ -277,7 +281,14 @@ impl EtcdStore {
         if known.len() >= KNOWN_COUNTERS && !known.contains_key(key) {
             known.clear();
         }
-        known.insert(key.to_string(), seen);
+        // Revisions only grow: of two answers that arrive out of order, the newer stays.
+        match known.get_mut(key) {
+            Some(old) if old.revision > seen.revision && seen.revision != 0 => {}
+            Some(old) => *old = seen,
+            None => {
+                known.insert(key.to_string(), seen);
+            }
+        }
     }
 }
 
@@ -420,6 +431,20 @@ impl Store for EtcdStore {
         guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError> {
         records::reserve(self, counter, size, initial, guard).await
+    }
+
+    fn strict_depth(&self) -> usize {
+        STRICT_DEPTH
+    }
+
+    async fn reserve_seq_after(
+        &self,
+        counter: &str,
+        after: u64,
+        size: u64,
+        guard: &SeqGuard<'_>,
+    ) -> Result<Option<SeqBlock>, StoreError> {
+        records::reserve_after(self, counter, after, size, guard).await
     }
 
     async fn release_seq_as(

@@ -214,8 +214,8 @@ fn allowed(at: &str, value: Option<&[u8]>, guard: &SeqGuard<'_>) -> Result<bool,
 }
 
 /// See [`crate::store::Store::reserve_seq_as`]: a compare-and-swap on the counter, with a
-/// guard also on the record read with it. Without a guard it starts from the counter as
-/// this store last knew it (no read first when nobody else wrote); each lost race hands
+/// guard also on the record read with it. It starts from the counter (and the record) as
+/// this store last knew them (no read first when nobody else wrote); each lost race hands
 /// back what is stored now, and some node wins every round, so this ends (or the deadline
 /// does).
 ///
@@ -236,8 +236,13 @@ pub(super) async fn reserve(
     let key = key.as_str();
     let record_key = guard.map(|g| store.keys().record(g.key));
     let record_key = record_key.as_deref();
-    let known = store.known(key).filter(|_| guard.is_none());
-    let (block, seen) = store
+    // The counter and the record as this store last saw them: a write guarded on them
+    // needs no read first while nobody else wrote (one round trip per reservation).
+    let known = match record_key {
+        None => store.known(key).map(|s| (s, Seen::from_kvs(&[]))),
+        Some(rk) => store.known(key).zip(store.known(rk)),
+    };
+    let (block, seen, record) = store
         .members
         .call(store.timeout, |c, _| {
             let known = known.clone();
@@ -245,18 +250,29 @@ pub(super) async fn reserve(
                 let mut kv = c.kv_client();
                 let mut reads = vec![TxnOp::get(key, None)];
                 reads.extend(record_key.map(|r| TxnOp::get(r, None)));
-                let (mut seen, mut record) = match known {
-                    Some(s) => (s, Seen::from_kvs(&[])),
+                let read = |resp: etcd_client::TxnResponse| {
+                    let ops = resp.op_responses();
+                    (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()))
+                };
+                let (mut seen, mut record, mut fresh) = match known {
+                    Some((s, r)) => (s, r, false),
                     None => {
-                        let resp = kv.txn(Txn::new().and_then(reads.clone())).await?;
-                        let ops = resp.op_responses();
-                        (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()))
+                        let (s, r) = read(kv.txn(Txn::new().and_then(reads.clone())).await?);
+                        (s, r, true)
                     }
                 };
                 loop {
                     let mut when = vec![unchanged(key, seen.revision)];
                     if let (Some(g), Some(rk)) = (guard, record_key) {
                         if !allowed(rk, record.value.as_deref(), g)? {
+                            if !fresh {
+                                // What this store remembers may be old: refused only on
+                                // what is stored now.
+                                (seen, record) =
+                                    read(kv.txn(Txn::new().and_then(reads.clone())).await?);
+                                fresh = true;
+                                continue;
+                            }
                             return Err(StoreError::FormatReplaced(g.key.to_string()).into());
                         }
                         when.push(unchanged(rk, record.revision));
@@ -279,16 +295,99 @@ pub(super) async fn reserve(
                         // One put in the transaction: its revision is the put's.
                         let revision = resp.header().map_or(0, |h| h.revision());
                         let value = Some(end.into_bytes());
-                        return Ok((block, Seen { value, revision }));
+                        return Ok((block, Seen { value, revision }, record));
                     }
-                    let ops = resp.op_responses();
-                    (seen, record) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
+                    (seen, record) = read(resp);
+                    fresh = true;
                 }
             }
         })
         .await?;
     store.learn(key, seen);
+    if let Some(rk) = record_key {
+        store.learn(rk, record);
+    }
     Ok(block)
+}
+
+/// How many times [`reserve_after`] sends a reservation that found the counter still
+/// short of where the one before it leaves it.
+const BEHIND_TRIES: u32 = 4;
+
+/// See [`crate::store::Store::reserve_seq_after`]: one transaction, compared on the
+/// counter's value and on the record's revision as this store last saw it (without one
+/// remembered, `None` at once: the ordinary reservation reads it).
+pub(super) async fn reserve_after(
+    store: &EtcdStore,
+    counter: &str,
+    after: u64,
+    size: u64,
+    guard: &SeqGuard<'_>,
+) -> Result<Option<SeqBlock>, StoreError> {
+    let key = store.keys().seq(counter);
+    let key = key.as_str();
+    let record_key = store.keys().record(guard.key);
+    let record_key = record_key.as_str();
+    let Some(record) = store.known(record_key) else {
+        return Ok(None);
+    };
+    if !allowed(record_key, record.value.as_deref(), guard)? {
+        return Ok(None);
+    }
+    let Some(block) = next_block(after, size).filter(|b| b.len() == size) else {
+        // At the top of u64: the ordinary reservation handles the short block.
+        return Ok(None);
+    };
+    let (expect, end) = (after.to_string(), block.end.to_string());
+    let mut tries = 0;
+    loop {
+        let reserved = store
+            .members
+            .call(store.timeout, |c, _| {
+                let (expect, end) = (expect.as_str(), end.as_str());
+                async move {
+                    let txn = Txn::new()
+                        .when([
+                            Compare::value(key, CompareOp::Equal, expect),
+                            unchanged(record_key, record.revision),
+                        ])
+                        .and_then([TxnOp::put(key, end, None)])
+                        .or_else([TxnOp::get(key, None), TxnOp::get(record_key, None)]);
+                    let resp = c.kv_client().txn(txn).await?;
+                    let revision = resp.header().map_or(0, |h| h.revision());
+                    let ops = resp.op_responses();
+                    Ok(if resp.succeeded() {
+                        Ok(revision)
+                    } else {
+                        Err((seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default())))
+                    })
+                }
+            })
+            .await?;
+        let (seen, now) = match reserved {
+            Ok(revision) => {
+                let value = Some(end.into_bytes());
+                store.learn(key, Seen { value, revision });
+                return Ok(Some(block));
+            }
+            Err((seen, now)) => (seen, now),
+        };
+        // The counter still below `after`, under the same record: the reservation this
+        // one follows was sent first but has not landed yet (etcd serves concurrent
+        // requests in no promised order). Send it again, a few times.
+        let behind = seen
+            .value
+            .as_deref()
+            .and_then(|v| parse_u64(key, v).ok())
+            .is_some_and(|v| v < after);
+        store.learn(key, seen);
+        tries += 1;
+        if !behind || now.revision != record.revision || tries >= BEHIND_TRIES {
+            store.learn(record_key, now);
+            return Ok(None);
+        }
+        tokio::task::yield_now().await;
+    }
 }
 
 /// See [`crate::store::Store::release_seq_as`]. Guarded on the revision at which the
