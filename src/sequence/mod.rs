@@ -114,6 +114,8 @@ pub struct SeqAllocator {
     state: Mutex<State>,
     /// Strict requests waiting for a reservation.
     strict_queue: Mutex<strict::StrictQueue>,
+    /// Wakes the strict driver when a request joins the queue (it may send it at once).
+    strict_arrived: tokio::sync::Notify,
     /// Serialises reservations: one store round trip at a time per prefix.
     refill: tokio::sync::Mutex<()>,
     reserved_total: IntCounter,
@@ -147,6 +149,7 @@ impl SeqAllocator {
                 closed: false,
             }),
             strict_queue: Mutex::new(strict::StrictQueue::default()),
+            strict_arrived: tokio::sync::Notify::new(),
             refill: tokio::sync::Mutex::new(()),
             reserved_total,
         }

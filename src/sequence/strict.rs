@@ -13,12 +13,13 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use super::{SeqAllocator, SeqError, Taken, sizing};
-use crate::store::SeqBlock;
+use crate::store::{SeqBlock, StoreError};
 
 /// The most numbers one strict reservation takes for a group (it always takes at least
 /// the first request, whatever its count).
@@ -78,6 +79,22 @@ fn split(block: SeqBlock, wants: &[u64]) -> (Vec<Option<SeqBlock>>, Option<u64>)
     (runs, next)
 }
 
+/// Strict reservations sent per round trip at most (when the store allows several in
+/// flight): each takes the requests that arrived in its share of the round trip.
+const PACE: f64 = 4.0;
+
+/// A reservation in flight for one group.
+struct InFlight {
+    group: Vec<Waiter>,
+    /// Sent as a link of the chain (`reserve_seq_after`), or as an ordinary reservation.
+    task: JoinHandle<Attempt>,
+}
+
+enum Attempt {
+    Chained(Result<Option<SeqBlock>, StoreError>),
+    Plain(Result<SeqBlock, StoreError>),
+}
+
 impl SeqAllocator {
     fn strict_queue(&self) -> MutexGuard<'_, StrictQueue> {
         // No code panics while holding it; recover the data if one ever did.
@@ -103,71 +120,160 @@ impl SeqAllocator {
         if start_driver {
             // A task of its own: a request that goes away (its client hung up) must not
             // stop the reservation the others are waiting on.
-            let me = self.clone();
-            tokio::spawn(async move { me.drive_strict().await });
+            tokio::spawn(self.clone().drive_strict());
+        } else {
+            self.strict_arrived.notify_one();
         }
         // The driver answers every waiter it takes; a lost answer can only mean the
         // driver is gone, and the caller then looks the prefix up again.
         answer.await.unwrap_or(Err(SeqError::Closed))
     }
 
-    /// Reserves for the queued requests, one group at a time, until the queue is empty.
-    async fn drive_strict(&self) {
+    /// Reserves for the queued requests until the queue is empty: up to the store's
+    /// [`strict_depth`](crate::store::Store::strict_depth) groups in flight, each after
+    /// the first sent as "the next `n` after where the one before leaves the counter",
+    /// and answered in the order they were sent.
+    async fn drive_strict(self: Arc<Self>) {
+        let depth = self.store.strict_depth().max(1);
+        let mut window: VecDeque<InFlight> = VecDeque::new();
+        // The period, and where the counter stands once every reservation in the window
+        // has committed, when that is known.
+        let mut chain: Option<(Option<String>, u64)> = None;
+        // How many at the head of the queue were sent and came back (they keep their
+        // order, ahead of the rest).
+        let mut requeued = 0usize;
+        // Reservations are spread over a round trip, so that each takes the requests of
+        // its share of it: sent as fast as requests come, the first few would take one
+        // request each and the rest would wait a round trip for room.
+        let mut last_sent = tokio::time::Instant::now();
         loop {
-            let group = {
+            let spacing = self.lock().rtt.unwrap_or(0.0) / PACE.min(depth as f64);
+            let next_send = last_sent + Duration::from_secs_f64(spacing.clamp(0.0, 1.0));
+            let mut paced = false;
+            while window.len() < depth {
+                let (group, after) = {
+                    let mut q = self.strict_queue();
+                    let Some(front) = q.waiting.front() else {
+                        break;
+                    };
+                    if !window.is_empty() && tokio::time::Instant::now() < next_send {
+                        paced = true;
+                        break;
+                    }
+                    let after = chain
+                        .as_ref()
+                        .filter(|(period, _)| depth > 1 && *period == front.period)
+                        .map(|&(_, after)| after);
+                    // Not knowing where the counter will stand, an ordinary reservation
+                    // goes alone.
+                    if after.is_none() && !window.is_empty() {
+                        break;
+                    }
+                    let group = q.next_group();
+                    requeued = requeued.saturating_sub(group.len());
+                    (group, after)
+                };
+                if self.lock().closed {
+                    for w in group {
+                        let _ = w.reply.send(Err(SeqError::Closed));
+                    }
+                    continue;
+                }
+                let period = group.first().and_then(|w| w.period.clone());
+                let total = group.iter().fold(0u64, |a, w| a.saturating_add(w.want));
+                chain = after.and_then(|a| Some((period.clone(), a.checked_add(total)?)));
+                let me = self.clone();
+                let task = tokio::spawn(async move { me.attempt(period, total, after).await });
+                window.push_back(InFlight { group, task });
+                last_sent = tokio::time::Instant::now();
+            }
+            let room = window.len() < depth;
+            let Some(oldest) = window.front_mut() else {
                 let mut q = self.strict_queue();
-                let group = q.next_group();
-                if group.is_empty() {
+                if q.waiting.is_empty() {
                     q.driving = false;
                     return;
                 }
-                group
+                continue;
             };
-            self.reserve_group(group).await;
+            // Wait for the oldest reservation, or for a request that can go now.
+            let done = tokio::select! {
+                biased;
+                done = &mut oldest.task => done,
+                () = tokio::time::sleep_until(next_send), if paced => continue,
+                () = self.strict_arrived.notified(), if room && !paced => continue,
+            };
+            let Some(InFlight { group, .. }) = window.pop_front() else {
+                continue;
+            };
+            let attempt = done.unwrap_or_else(|e| {
+                Attempt::Plain(Err(StoreError::Unavailable(format!(
+                    "strict reservation task: {e}"
+                ))))
+            });
+            match attempt {
+                Attempt::Chained(Ok(Some(block))) => {
+                    self.answer(group, block).await;
+                }
+                Attempt::Chained(Ok(None)) => {
+                    // The counter was not where the chain said (another node reserved, or
+                    // the link before failed): nothing was reserved. These requests go
+                    // first again, as an ordinary reservation once the window is empty.
+                    tracing::debug!(prefix = %self.key, "strict chain broken; reserving anew");
+                    chain = None;
+                    let mut q = self.strict_queue();
+                    for w in group {
+                        let at = requeued.min(q.waiting.len());
+                        q.waiting.insert(at, w);
+                        requeued += 1;
+                    }
+                }
+                Attempt::Plain(Ok(block)) => {
+                    let period = group.first().and_then(|w| w.period.clone());
+                    // It went alone: the counter now ends at this block (unless it came
+                    // back short and its rest was given back).
+                    let whole = self.answer(group, block).await;
+                    chain = whole.then_some((period, block.end));
+                }
+                Attempt::Chained(Err(e)) | Attempt::Plain(Err(e)) => {
+                    chain = None;
+                    let e = self.map_store(e);
+                    for w in group {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
-    async fn reserve_group(&self, group: Vec<Waiter>) {
-        let _one_at_a_time = self.refill.lock().await;
-        if self.lock().closed {
-            for w in group {
-                let _ = w.reply.send(Err(SeqError::Closed));
-            }
-            return;
-        }
-        let period = group.first().and_then(|w| w.period.clone());
+    /// One reservation of `total` numbers: chained after `after`, or an ordinary one.
+    async fn attempt(&self, period: Option<String>, total: u64, after: Option<u64>) -> Attempt {
         let counter = self.counter(period.as_deref());
-        let wants: Vec<u64> = group.iter().map(|w| w.want).collect();
-        let total = wants.iter().fold(0u64, |a, &w| a.saturating_add(w));
         let t0 = Instant::now();
-        let reserved = self
-            .store
-            .reserve_seq_as(&counter, total, self.initial, Some(&self.guard()))
-            .await;
-        let block = match reserved {
-            Ok(block) => block,
-            Err(e) => {
-                let e = self.map_store(e);
-                for w in group {
-                    let _ = w.reply.send(Err(e.clone()));
-                }
-                return;
-            }
+        let attempt = match after {
+            Some(after) => Attempt::Chained(
+                self.store
+                    .reserve_seq_after(&counter, after, total, &self.guard())
+                    .await,
+            ),
+            None => Attempt::Plain(
+                self.store
+                    .reserve_seq_as(&counter, total, self.initial, Some(&self.guard()))
+                    .await,
+            ),
         };
+        let mut st = self.lock();
+        st.rtt = Some(sizing::next_rtt(st.rtt, t0.elapsed().as_secs_f64()));
+        attempt
+    }
+
+    /// Hands `block` out to `group`, in order. `false` when the block came back short (at
+    /// the top of u64) and its unused rest was given back.
+    async fn answer(&self, group: Vec<Waiter>, block: SeqBlock) -> bool {
         self.reserved_total.inc();
-        {
-            let mut st = self.lock();
-            st.rtt = Some(sizing::next_rtt(st.rtt, t0.elapsed().as_secs_f64()));
-        }
+        let period = group.first().and_then(|w| w.period.clone());
+        let wants: Vec<u64> = group.iter().map(|w| w.want).collect();
         let (runs, unused) = split(block, &wants);
-        if let Some(from) = unused {
-            // Short at u64::MAX: nobody can reserve after it, so the rest goes back and a
-            // smaller request can still have those numbers.
-            let _ = self
-                .store
-                .release_seq_as(&counter, block.end, from - 1, Some(&self.guard()))
-                .await;
-        }
         for (w, run) in group.into_iter().zip(runs) {
             let answer = match run {
                 Some(run) => Ok(Taken { runs: vec![run] }),
@@ -175,6 +281,17 @@ impl SeqAllocator {
             };
             let _ = w.reply.send(answer);
         }
+        let Some(from) = unused else {
+            return true;
+        };
+        // Short at u64::MAX: nobody can reserve after it, so the rest goes back and a
+        // smaller request can still have those numbers.
+        let counter = self.counter(period.as_deref());
+        let _ = self
+            .store
+            .release_seq_as(&counter, block.end, from - 1, Some(&self.guard()))
+            .await;
+        false
     }
 }
 
@@ -504,6 +621,158 @@ mod tests {
                 "repeated or missing numbers"
             );
             assert_eq!(store.get_seq("S").await.unwrap(), Some(n));
+        }
+
+        /// A counter store whose reservations take a few jittered milliseconds, so that
+        /// several are in flight and land in any order, and which chains like etcd's:
+        /// `reserve_seq_after` commits only on the exact value.
+        struct Chaining {
+            counters: Mutex<HashMap<String, u64>>,
+            seed: Mutex<u64>,
+            chained: Mutex<(u64, u64)>,
+        }
+
+        impl Chaining {
+            async fn jitter(&self) {
+                let ms = {
+                    let mut seed = self.seed.lock().unwrap();
+                    *seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (*seed >> 33) % 4
+                };
+                tokio::time::sleep(Duration::from_micros(200 + ms * 700)).await;
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl Store for Chaining {
+            async fn snapshot_prefixes(&self) -> Result<Snapshot, StoreError> {
+                unsupported()
+            }
+            async fn observe_prefix(&self, _: &str) -> Result<Observed, StoreError> {
+                unsupported()
+            }
+            async fn write_prefix(
+                &self,
+                _: &str,
+                _: &PrefixConfig,
+                _: bool,
+                _: &AuditMeta,
+            ) -> Result<(Written, Revision), StoreError> {
+                unsupported()
+            }
+            async fn remove_prefix(
+                &self,
+                _: &str,
+                _: &AuditMeta,
+            ) -> Result<Option<Revision>, StoreError> {
+                unsupported()
+            }
+            async fn prefix_history(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
+                unsupported()
+            }
+            async fn prefix_record(&self, _: &str) -> Result<Option<PrefixRecord>, StoreError> {
+                unsupported()
+            }
+            fn strict_depth(&self) -> usize {
+                4
+            }
+            async fn reserve_seq_after(
+                &self,
+                counter: &str,
+                after: u64,
+                size: u64,
+                _: &SeqGuard<'_>,
+            ) -> Result<Option<SeqBlock>, StoreError> {
+                self.jitter().await;
+                let mut counters = self.counters.lock().unwrap();
+                let ok = counters.get(counter) == Some(&after);
+                let mut chained = self.chained.lock().unwrap();
+                if !ok {
+                    chained.1 += 1;
+                    return Ok(None);
+                }
+                chained.0 += 1;
+                let block = next_block(after, size).unwrap();
+                counters.insert(counter.into(), block.end);
+                Ok(Some(block))
+            }
+            async fn reserve_seq_as(
+                &self,
+                counter: &str,
+                size: u64,
+                initial: u64,
+                _: Option<&SeqGuard<'_>>,
+            ) -> Result<SeqBlock, StoreError> {
+                self.jitter().await;
+                let mut counters = self.counters.lock().unwrap();
+                let current = counters.get(counter).copied().unwrap_or(initial);
+                let block = next_block(current, size).unwrap();
+                counters.insert(counter.into(), block.end);
+                Ok(block)
+            }
+            async fn release_seq_as(
+                &self,
+                _: &str,
+                _: u64,
+                _: u64,
+                _: Option<&SeqGuard<'_>>,
+            ) -> Result<bool, StoreError> {
+                Ok(false)
+            }
+            async fn get_seq(&self, counter: &str) -> Result<Option<u64>, StoreError> {
+                Ok(self.counters.lock().unwrap().get(counter).copied())
+            }
+            async fn check_layout(&self, _: &str) -> Result<(), StoreError> {
+                Ok(())
+            }
+        }
+
+        /// Several reservations in flight, landing out of order, and a second node
+        /// reserving in between (which breaks the chain): every number once, none missing
+        /// (strict leaves no gap), each caller's numbers increasing, and the chain used.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn chained_reservations_in_flight_stay_dense_and_unique() {
+            let store = Arc::new(Chaining {
+                counters: Mutex::default(),
+                seed: Mutex::new(7),
+                chained: Mutex::default(),
+            });
+            let mut tasks = Vec::new();
+            for node in 0..2u64 {
+                let a = alloc(store.clone());
+                for t in 0..12u64 {
+                    let a = a.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut got = Vec::new();
+                        for i in 0..40u64 {
+                            if node == 1 && i % 2 == 0 {
+                                // The second node draws less often.
+                                tokio::time::sleep(Duration::from_millis(3)).await;
+                            }
+                            got.extend(a.take(1 + (i + t) % 3, T0).await.unwrap().iter());
+                        }
+                        got
+                    }));
+                }
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                let got = t.await.unwrap();
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "a caller went back");
+                all.extend(got);
+            }
+            all.sort_unstable();
+            let n = all.len() as u64;
+            assert_eq!(
+                all,
+                (1..=n).collect::<Vec<_>>(),
+                "repeated or missing numbers"
+            );
+            assert_eq!(store.get_seq("S").await.unwrap(), Some(n));
+            let (ok, broken) = *store.chained.lock().unwrap();
+            assert!(ok > 0, "no reservation was chained ({broken} broken)");
         }
     }
 }
