@@ -3,13 +3,21 @@
 //!
 //! A request joins the prefix's queue; one driver task (started by the request that found
 //! nobody driving) takes the queued requests of one period — up to [`MAX_GROUP_NUMBERS`]
-//! numbers — and reserves their total in one store transaction, while the requests that
-//! arrive meanwhile queue for the next one. When the reservation is durable each request
-//! gets its own contiguous run of it, in queue order; when it fails, exactly the requests
-//! in it fail, with the store's error. Reservations run one at a time, each above the one
-//! before, so on a node the numbers increase in the order reservations complete. A crash
-//! between a reservation and its answers loses those numbers (a gap); no number is handed
-//! out that is not durably reserved.
+//! numbers — and reserves their total in one store transaction. When the reservation is
+//! durable each request gets its own contiguous run of it, in queue order; when it fails,
+//! exactly the requests in it fail, with the store's error.
+//!
+//! With a store that allows it ([`Store::strict_depth`] > 1: etcd), several reservations
+//! are in flight: after one ordinary reservation, each group is sent as "the next n after
+//! where the one before leaves the counter" ([`Store::reserve_seq_after`], compared on the
+//! counter's value), paced at most `PACE` (4) per measured round trip, and answered in the
+//! order sent. A link that finds the counter elsewhere (another node reserved) reserved
+//! nothing: its requests go first again, and one ordinary reservation starts a new chain.
+//! A crash between a reservation and its answers loses those numbers (a gap); no number is
+//! handed out that is not durably reserved.
+//!
+//! [`Store::strict_depth`]: crate::store::Store::strict_depth
+//! [`Store::reserve_seq_after`]: crate::store::Store::reserve_seq_after
 
 use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
