@@ -208,6 +208,12 @@ pub(super) async fn prefix_record(
     Ok(PrefixRecord::effective(record, config.as_ref(), legacy))
 }
 
+/// The counter and the record as read by a transaction's gets, in that order (the record
+/// absent when it was not read).
+fn counter_and_record(ops: &[TxnOpResponse]) -> (Seen, Seen) {
+    (seen_in(ops), seen_in(ops.get(1..).unwrap_or_default()))
+}
+
 /// Whether `guard` may reserve under the record read as `value` (at etcd key `at`).
 fn allowed(at: &str, value: Option<&[u8]>, guard: &SeqGuard<'_>) -> Result<bool, StoreError> {
     Ok(reservation_allowed(record_at(at, value)?.as_ref(), guard))
@@ -250,10 +256,8 @@ pub(super) async fn reserve(
                 let mut kv = c.kv_client();
                 let mut reads = vec![TxnOp::get(key, None)];
                 reads.extend(record_key.map(|r| TxnOp::get(r, None)));
-                let read = |resp: etcd_client::TxnResponse| {
-                    let ops = resp.op_responses();
-                    (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()))
-                };
+                let read =
+                    |resp: etcd_client::TxnResponse| counter_and_record(&resp.op_responses());
                 let (mut seen, mut record, mut fresh) = match known {
                     Some((s, r)) => (s, r, false),
                     None => {
@@ -359,7 +363,7 @@ pub(super) async fn reserve_after(
                     Ok(if resp.succeeded() {
                         Ok(revision)
                     } else {
-                        Err((seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default())))
+                        Err(counter_and_record(&ops))
                     })
                 }
             })
@@ -421,7 +425,7 @@ pub(super) async fn release(
             reads.extend(record_key.map(|r| TxnOp::get(r, None)));
             let resp = kv.txn(Txn::new().and_then(reads)).await?;
             let ops = resp.op_responses();
-            let (seen, record) = (seen_in(&ops), seen_in(ops.get(1..).unwrap_or_default()));
+            let (seen, record) = counter_and_record(&ops);
             // Values are written only by this module, always as canonical decimal text, so
             // comparing the text is comparing the number.
             if seen.value.as_deref() != Some(end) {
