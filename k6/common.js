@@ -56,6 +56,8 @@ export function takeNumbers(prefix, count, opts = {}) {
     return 0;
   }
   if (!check(res, { 'status is 200': (r) => r.status === 200 })) {
+    // run-k6.sh prints these lines when k6 fails: which answer broke the run.
+    console.log(`NGE ${prefix} ${res.status} ${res.error || ''} ${String(res.body).slice(0, 300)}`);
     return 0;
   }
   let ids;

@@ -91,7 +91,9 @@ fi
 
 start_numgen "$WORK/data" "$WORK/numgen.log" "${EXTRA[@]}"
 
-register K6ORDER '{"format":"ORDER-{year}-{SEQ:6}"}'
+# K6ORDER is snowflake (needs no etcd per request, what recovery.js relies on): say so, since
+# a {SEQ:N} of 15 digits or fewer would make it a sequence prefix (SPEC 1.0).
+register K6ORDER '{"format":"ORDER-{year}-{SEQ:19}","mode":"snowflake"}'
 register K6INVOICE '{"format":"INV-{year}-{SEQ:8}","mode":"sequence"}'
 
 rss() { mb "$(rss_kb "$PID")"; }
@@ -163,7 +165,10 @@ if [ "${LOG_RANGES:-1}" != 0 ]; then
 fi
 
 if [ "$K6_STATUS" -ne 0 ]; then
-    echo "k6 failed (exit $K6_STATUS)" >&2
+    echo "k6 failed (exit $K6_STATUS); unexpected answers (first 10):" >&2
+    grep -o 'NGE .*' "$WORK/console.log" | head -10 >&2 || true
+    echo "numgen log (last 30 lines):" >&2
+    tail -30 "$WORK/numgen.log" >&2 || true
     exit "$K6_STATUS"
 fi
 if [ "$status" -ne 0 ]; then
