@@ -91,8 +91,8 @@ mod suite {
 
     use numgen::prefix::{Mode, Reset, UtcOffset};
     use numgen::store::{
-        AUDIT_KEEP, AuditAction, AuditMeta, PrefixRecord, SeqBlock, SeqGuard, Store, StoreError,
-        Written, counter_name,
+        AUDIT_KEEP, AuditAction, AuditMeta, Chained, PrefixRecord, SeqBlock, SeqGuard, Store,
+        StoreError, Written, counter_name,
     };
 
     use super::config;
@@ -761,6 +761,90 @@ mod suite {
         assert!(r5 > r4);
     }
 
+    /// Chained reservations (`reserve_seq_from`, strict group commit): the counter moves to
+    /// the end asked for from whichever listed value it stands at, and only then. A store
+    /// that does not chain reserves nothing through it.
+    pub async fn chained(s: Arc<dyn Store>) {
+        let c = config("C{SEQ:6}", Mode::Sequence);
+        assert_eq!(s.create_prefix("C", &c).await.unwrap(), Written::Created);
+        let g = SeqGuard::of("C", &c);
+        let from = |list: &'static [u64], end: u64| {
+            let (s, g) = (s.clone(), g);
+            async move { s.reserve_seq_from("C", list, end, &g).await.unwrap() }
+        };
+        assert_eq!(
+            s.reserve_seq_as("C", 5, 0, Some(&g)).await.unwrap(),
+            block(1, 5)
+        );
+        if s.strict_depth() == 1 {
+            assert_eq!(from(&[5], 10).await, Chained::Missed(None));
+            assert_eq!(s.get_seq("C").await.unwrap(), Some(5));
+            return;
+        }
+        // A link that lands before the one it follows takes that one's numbers with its
+        // own; the overtaken one then misses, and sees where the counter stands.
+        assert_eq!(from(&[10, 5], 20).await, Chained::Reserved(5));
+        assert_eq!(from(&[5], 10).await, Chained::Missed(Some(20)));
+        assert_eq!(from(&[20], 25).await, Chained::Reserved(20));
+        // Another node reserved in between: the chain misses, nothing moves.
+        assert_eq!(
+            s.reserve_seq_as("C", 5, 0, Some(&g)).await.unwrap(),
+            block(26, 30)
+        );
+        assert_eq!(from(&[25], 35).await, Chained::Missed(Some(30)));
+        // Never downward: a starting point at or above the end is no starting point.
+        assert_eq!(from(&[30], 30).await, Chained::Missed(None));
+        assert_eq!(s.get_seq("C").await.unwrap(), Some(30));
+
+        // Links sent at once, in any order of arrival, each listing the starting points of
+        // those before it: the numbers they reserve are exactly 31..=30+N*4, each once,
+        // and every link's own numbers are reserved by it or by one that overtook it.
+        const N: u64 = 24;
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let (s, c) = (s.clone(), c.clone());
+            tasks.push(tokio::spawn(async move {
+                let list: Vec<u64> = (0..=i).rev().map(|j| 30 + j * 4).collect();
+                let g = SeqGuard::of("C", &c);
+                s.reserve_seq_from("C", &list, 30 + (i + 1) * 4, &g)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut got = Vec::new();
+        for (i, t) in tasks.into_iter().enumerate() {
+            if let Chained::Reserved(v) = t.await.unwrap() {
+                got.push((v, 30 + (i as u64 + 1) * 4));
+            }
+        }
+        got.sort_unstable();
+        eprintln!(
+            "{} of {N} links reserved; the others were overtaken",
+            got.len()
+        );
+        let mut next = 30;
+        for &(v, end) in &got {
+            assert_eq!(
+                v, next,
+                "reserved from {v}, not where the last one ended: {got:?}"
+            );
+            next = end;
+        }
+        assert_eq!(next, 30 + N * 4, "{got:?}");
+        assert_eq!(s.get_seq("C").await.unwrap(), Some(next));
+
+        // A replaced format: a link under the old one misses and reserves nothing.
+        let c1 = config("C1{SEQ:6}", Mode::Sequence);
+        assert_eq!(s.replace_prefix("C", &c1).await.unwrap(), Written::Replaced);
+        assert!(matches!(
+            s.reserve_seq_from("C", &[next], next + 5, &g)
+                .await
+                .unwrap(),
+            Chained::Missed(_)
+        ));
+        assert_eq!(s.get_seq("C").await.unwrap(), Some(next));
+    }
+
     /// Many callers on one counter: every number handed out once, each caller's blocks
     /// increasing, and (with nothing released) no gap either.
     pub async fn concurrent_reservations(s: Arc<dyn Store>) {
@@ -841,6 +925,7 @@ conformance!(
     layout,
     concurrent_reservations,
     revisions,
+    chained,
 );
 
 /// A backend for the worker-source cases: the source of each new (or restarted) node, all

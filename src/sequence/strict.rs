@@ -8,16 +8,19 @@
 //! exactly the requests in it fail, with the store's error.
 //!
 //! With a store that allows it ([`Store::strict_depth`] > 1: etcd), several reservations
-//! are in flight: after one ordinary reservation, each group is sent as "the next n after
-//! where the one before leaves the counter" ([`Store::reserve_seq_after`], compared on the
-//! counter's value), paced at most `PACE` (4) per measured round trip, and answered in the
-//! order sent. A link that finds the counter elsewhere (another node reserved) reserved
-//! nothing: its requests go first again, and one ordinary reservation starts a new chain.
+//! are in flight: after one ordinary reservation, each group is sent as a link, "the next
+//! n after where the ones before leave the counter" ([`Store::reserve_seq_from`], compared
+//! on the counter's value), paced at most `PACE` (8) per measured round trip and 1 ms
+//! apart, and answered in the order sent. etcd commits requests in flight in any order: a
+//! link that lands first also lists where the links before it start, takes their numbers
+//! with its own, and they are answered from it. A link nothing covers (another node
+//! reserved in between) reserved nothing: its requests go first again, and one ordinary
+//! reservation starts a new chain.
 //! A crash between a reservation and its answers loses those numbers (a gap); no number is
 //! handed out that is not durably reserved.
 //!
 //! [`Store::strict_depth`]: crate::store::Store::strict_depth
-//! [`Store::reserve_seq_after`]: crate::store::Store::reserve_seq_after
+//! [`Store::reserve_seq_from`]: crate::store::Store::reserve_seq_from
 
 use std::collections::VecDeque;
 use std::sync::{Arc, MutexGuard};
@@ -27,7 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::{SeqAllocator, SeqError, Taken, sizing};
-use crate::store::{SeqBlock, StoreError};
+use crate::store::{Chained, SeqBlock, StoreError};
 
 /// The most numbers one strict reservation takes for a group (it always takes at least
 /// the first request, whatever its count).
@@ -46,6 +49,10 @@ pub(super) struct StrictQueue {
     waiting: VecDeque<Waiter>,
     /// A driver task is running (it empties the queue before it stops).
     driving: bool,
+    /// The driver found the queue empty and waits for the next request to wake it; while
+    /// it waits for a reservation or for its pace instead, it looks at the queue then,
+    /// and arrivals need not wake it (one wake-up per request saved).
+    listening: bool,
 }
 
 impl StrictQueue {
@@ -89,19 +96,47 @@ fn split(block: SeqBlock, wants: &[u64]) -> (Vec<Option<SeqBlock>>, Option<u64>)
 
 /// Strict reservations sent per round trip at most (when the store allows several in
 /// flight): each takes the requests that arrived in its share of the round trip.
-const PACE: f64 = 4.0;
+const PACE: f64 = 8.0;
+
+/// The least time between two strict reservations of a prefix (seconds), however short
+/// the round trip: each costs the store a transaction (on etcd about half a millisecond of
+/// CPU), so on a LAN the requests of a millisecond go together, and the groups grow with
+/// the load instead of the transactions.
+const MIN_SPACING: f64 = 0.001;
 
 /// A reservation in flight for one group.
 struct InFlight {
     group: Vec<Waiter>,
-    /// Sent as a link of the chain (`reserve_seq_after`), or as an ordinary reservation.
+    /// A link of the chain: it reserves `after + 1 ..= end`. `None` for an ordinary
+    /// reservation.
+    link: Option<Link>,
     task: JoinHandle<Attempt>,
 }
 
+/// Where a chained reservation's numbers are.
+#[derive(Clone, Copy)]
+struct Link {
+    after: u64,
+    end: u64,
+}
+
+impl Link {
+    fn block(self) -> SeqBlock {
+        SeqBlock {
+            start: self.after + 1,
+            end: self.end,
+        }
+    }
+}
+
 enum Attempt {
-    Chained(Result<Option<SeqBlock>, StoreError>),
+    Chained(Result<Chained, StoreError>),
     Plain(Result<SeqBlock, StoreError>),
 }
+
+/// The most starting points one link lists (its own, and those of the links before it
+/// still open).
+const MAX_FROM: usize = 32;
 
 impl SeqAllocator {
     fn strict_queue(&self) -> MutexGuard<'_, StrictQueue> {
@@ -123,27 +158,48 @@ impl SeqAllocator {
                 want,
                 reply,
             });
-            !std::mem::replace(&mut q.driving, true)
+            let start = !std::mem::replace(&mut q.driving, true);
+            let wake = std::mem::take(&mut q.listening);
+            (start, wake)
         };
-        if start_driver {
+        match start_driver {
             // A task of its own: a request that goes away (its client hung up) must not
             // stop the reservation the others are waiting on.
-            tokio::spawn(self.clone().drive_strict());
-        } else {
-            self.strict_arrived.notify_one();
+            (true, _) => drop(tokio::spawn(self.clone().drive_strict())),
+            (false, true) => self.strict_arrived.notify_one(),
+            (false, false) => {}
         }
         // The driver answers every waiter it takes; a lost answer can only mean the
         // driver is gone, and the caller then looks the prefix up again.
         answer.await.unwrap_or(Err(SeqError::Closed))
     }
 
+    /// Puts `group` back at the head of the queue, after those put back before it, in
+    /// order.
+    fn requeue(&self, group: Vec<Waiter>, requeued: &mut usize) {
+        let mut q = self.strict_queue();
+        for w in group {
+            let at = (*requeued).min(q.waiting.len());
+            q.waiting.insert(at, w);
+            *requeued += 1;
+        }
+    }
+
     /// Reserves for the queued requests until the queue is empty: up to the store's
     /// [`strict_depth`](crate::store::Store::strict_depth) groups in flight, each after
-    /// the first sent as "the next `n` after where the one before leaves the counter",
-    /// and answered in the order they were sent.
+    /// the first sent as a link: "the next `n` after where the ones before leave the
+    /// counter", and answered in the order they were sent.
+    ///
+    /// The store may commit links in any order. One that lands before a link it follows
+    /// finds the counter where that one starts (it lists the starting points of every
+    /// link before it still open) and takes its numbers with its own; the overtaken link
+    /// then misses, and waits (in `missed`) for a later link to say it was covered.
+    /// Missed links no later link covered go first again, as an ordinary reservation.
     async fn drive_strict(self: Arc<Self>) {
         let depth = self.store.strict_depth().max(1);
         let mut window: VecDeque<InFlight> = VecDeque::new();
+        // Links that missed, in order, each waiting for a later one to cover it.
+        let mut missed: Vec<(Vec<Waiter>, Link)> = Vec::new();
         // The period, and where the counter stands once every reservation in the window
         // has committed, when that is known.
         let mut chain: Option<(Option<String>, u64)> = None;
@@ -155,13 +211,23 @@ impl SeqAllocator {
         // request each and the rest would wait a round trip for room.
         let mut last_sent = tokio::time::Instant::now();
         loop {
-            let spacing = self.lock().rtt.unwrap_or(0.0) / PACE.min(depth as f64);
+            if window.is_empty() && !missed.is_empty() {
+                // Nothing left in flight to cover them: the chain is broken.
+                chain = None;
+                for (group, _) in std::mem::take(&mut missed) {
+                    self.requeue(group, &mut requeued);
+                }
+            }
+            let spacing =
+                (self.lock().rtt.unwrap_or(0.0) / PACE.min(depth as f64)).max(MIN_SPACING);
             let next_send = last_sent + Duration::from_secs_f64(spacing.clamp(0.0, 1.0));
             let mut paced = false;
             while window.len() < depth {
                 let (group, after) = {
                     let mut q = self.strict_queue();
                     let Some(front) = q.waiting.front() else {
+                        // Woken by the next arrival (a permit, if it comes first).
+                        q.listening = true;
                         break;
                     };
                     if !window.is_empty() && tokio::time::Instant::now() < next_send {
@@ -189,10 +255,32 @@ impl SeqAllocator {
                 }
                 let period = group.first().and_then(|w| w.period.clone());
                 let total = group.iter().fold(0u64, |a, w| a.saturating_add(w.want));
-                chain = after.and_then(|a| Some((period.clone(), a.checked_add(total)?)));
+                let link = match after.map(|after| (after, after.checked_add(total))) {
+                    Some((after, Some(end))) => Some(Link { after, end }),
+                    Some((_, None)) => {
+                        // At the top of u64: the ordinary reservation handles the short
+                        // block, once the window is empty.
+                        chain = None;
+                        self.requeue(group, &mut requeued);
+                        break;
+                    }
+                    None => None,
+                };
+                chain = link.map(|l| (period.clone(), l.end));
+                // The starting points this link may take: its own, then those of the
+                // links before it still open, newest first.
+                let from: Vec<u64> = link
+                    .iter()
+                    .chain(window.iter().rev().filter_map(|f| f.link.as_ref()))
+                    .chain(missed.iter().rev().map(|(_, l)| l))
+                    .map(|l| l.after)
+                    .take(MAX_FROM)
+                    .collect();
                 let me = self.clone();
-                let task = tokio::spawn(async move { me.attempt(period, total, after).await });
-                window.push_back(InFlight { group, task });
+                let task = tokio::spawn(async move {
+                    me.attempt(period, total, link.map(|l| (from, l.end))).await
+                });
+                window.push_back(InFlight { group, link, task });
                 last_sent = tokio::time::Instant::now();
             }
             let room = window.len() < depth;
@@ -211,7 +299,7 @@ impl SeqAllocator {
                 () = tokio::time::sleep_until(next_send), if paced => continue,
                 () = self.strict_arrived.notified(), if room && !paced => continue,
             };
-            let Some(InFlight { group, .. }) = window.pop_front() else {
+            let Some(InFlight { group, link, .. }) = window.pop_front() else {
                 continue;
             };
             let attempt = done.unwrap_or_else(|e| {
@@ -219,49 +307,70 @@ impl SeqAllocator {
                     "strict reservation task: {e}"
                 ))))
             });
-            match attempt {
-                Attempt::Chained(Ok(Some(block))) => {
-                    self.answer(group, block).await;
-                }
-                Attempt::Chained(Ok(None)) => {
-                    // The counter was not where the chain said (another node reserved, or
-                    // the link before failed): nothing was reserved. These requests go
-                    // first again, as an ordinary reservation once the window is empty.
-                    tracing::debug!(prefix = %self.key, "strict chain broken; reserving anew");
-                    chain = None;
-                    let mut q = self.strict_queue();
-                    for w in group {
-                        let at = requeued.min(q.waiting.len());
-                        q.waiting.insert(at, w);
-                        requeued += 1;
+            match (attempt, link) {
+                (Attempt::Chained(Ok(Chained::Reserved(from))), Some(link)) => {
+                    // It took everything above `from`: the missed links from there on are
+                    // covered, and answered first (their numbers are lower); those before
+                    // it reserved nothing.
+                    for (group, l) in std::mem::take(&mut missed) {
+                        if l.after >= from {
+                            self.answer(group, l.block()).await;
+                        } else {
+                            self.requeue(group, &mut requeued);
+                        }
                     }
+                    self.answer(group, link.block()).await;
                 }
-                Attempt::Plain(Ok(block)) => {
+                (Attempt::Chained(Ok(Chained::Missed(at))), Some(link)) => {
+                    // Overtaken by a link still in flight (the counter stands where one of
+                    // them ends), that one covers it; otherwise another node reserved (or
+                    // the record changed), and no later link can commit: stop chaining.
+                    let overtaken = at.is_some_and(|at| {
+                        window.iter().any(|f| f.link.is_some_and(|l| l.end == at))
+                    });
+                    if !overtaken {
+                        tracing::debug!(prefix = %self.key, "strict chain broken; reserving anew");
+                        chain = None;
+                    }
+                    missed.push((group, link));
+                }
+                (Attempt::Plain(Ok(block)), _) => {
                     let period = group.first().and_then(|w| w.period.clone());
                     // It went alone: the counter now ends at this block (unless it came
                     // back short and its rest was given back).
                     let whole = self.answer(group, block).await;
                     chain = whole.then_some((period, block.end));
                 }
-                Attempt::Chained(Err(e)) | Attempt::Plain(Err(e)) => {
+                (Attempt::Chained(Err(e)) | Attempt::Plain(Err(e)), _) => {
                     chain = None;
                     let e = self.map_store(e);
                     for w in group {
                         let _ = w.reply.send(Err(e.clone()));
                     }
                 }
+                (Attempt::Chained(Ok(_)), None) => {
+                    // Not sent that way; cannot happen. Nothing known reserved.
+                    chain = None;
+                    self.requeue(group, &mut requeued);
+                }
             }
         }
     }
 
-    /// One reservation of `total` numbers: chained after `after`, or an ordinary one.
-    async fn attempt(&self, period: Option<String>, total: u64, after: Option<u64>) -> Attempt {
+    /// One reservation of `total` numbers: a link (its starting points and end), or an
+    /// ordinary one.
+    async fn attempt(
+        &self,
+        period: Option<String>,
+        total: u64,
+        link: Option<(Vec<u64>, u64)>,
+    ) -> Attempt {
         let counter = self.counter(period.as_deref());
         let t0 = Instant::now();
-        let attempt = match after {
-            Some(after) => Attempt::Chained(
+        let attempt = match link {
+            Some((from, end)) => Attempt::Chained(
                 self.store
-                    .reserve_seq_after(&counter, after, total, &self.guard())
+                    .reserve_seq_from(&counter, &from, end, &self.guard())
                     .await,
             ),
             None => Attempt::Plain(
@@ -389,8 +498,8 @@ mod tests {
         use crate::sequence::{SeqAllocator, SeqError};
         use crate::store::embedded::EmbeddedStore;
         use crate::store::{
-            AuditMeta, AuditRecord, Observed, PrefixRecord, Revision, SeqBlock, SeqGuard, Snapshot,
-            Store, StoreError, Written, next_block,
+            AuditMeta, AuditRecord, Chained, Observed, PrefixRecord, Revision, SeqBlock, SeqGuard,
+            Snapshot, Store, StoreError, Written, next_block,
         };
 
         const T0: u64 = 1_763_700_000_000;
@@ -633,11 +742,12 @@ mod tests {
 
         /// A counter store whose reservations take a few jittered milliseconds, so that
         /// several are in flight and land in any order, and which chains like etcd's:
-        /// `reserve_seq_after` commits only on the exact value.
+        /// `reserve_seq_from` commits only from one of the listed values.
         struct Chaining {
             counters: Mutex<HashMap<String, u64>>,
             seed: Mutex<u64>,
-            chained: Mutex<(u64, u64)>,
+            /// Links reserved, missed, and reserved over a link they overtook.
+            chained: Mutex<(u64, u64, u64)>,
         }
 
         impl Chaining {
@@ -686,25 +796,32 @@ mod tests {
             fn strict_depth(&self) -> usize {
                 4
             }
-            async fn reserve_seq_after(
+            async fn reserve_seq_from(
                 &self,
                 counter: &str,
-                after: u64,
-                size: u64,
+                from: &[u64],
+                end: u64,
                 _: &SeqGuard<'_>,
-            ) -> Result<Option<SeqBlock>, StoreError> {
+            ) -> Result<Chained, StoreError> {
                 self.jitter().await;
                 let mut counters = self.counters.lock().unwrap();
-                let ok = counters.get(counter) == Some(&after);
+                let at = counters.get(counter).copied();
                 let mut chained = self.chained.lock().unwrap();
-                if !ok {
-                    chained.1 += 1;
-                    return Ok(None);
+                match from.iter().find(|&&v| v < end && Some(v) == at) {
+                    Some(&v) => {
+                        chained.0 += 1;
+                        if v != from[0] {
+                            // It overtook the link before it and covered it.
+                            chained.2 += 1;
+                        }
+                        counters.insert(counter.into(), end);
+                        Ok(Chained::Reserved(v))
+                    }
+                    None => {
+                        chained.1 += 1;
+                        Ok(Chained::Missed(at))
+                    }
                 }
-                chained.0 += 1;
-                let block = next_block(after, size).unwrap();
-                counters.insert(counter.into(), block.end);
-                Ok(Some(block))
             }
             async fn reserve_seq_as(
                 &self,
@@ -739,7 +856,7 @@ mod tests {
 
         /// Several reservations in flight, landing out of order, and a second node
         /// reserving in between (which breaks the chain): every number once, none missing
-        /// (strict leaves no gap), each caller's numbers increasing, and the chain used.
+        /// (strict leaves no gap), each caller's numbers increasing, and links overtaking links.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn chained_reservations_in_flight_stay_dense_and_unique() {
             let store = Arc::new(Chaining {
@@ -779,8 +896,12 @@ mod tests {
                 "repeated or missing numbers"
             );
             assert_eq!(store.get_seq("S").await.unwrap(), Some(n));
-            let (ok, broken) = *store.chained.lock().unwrap();
-            assert!(ok > 0, "no reservation was chained ({broken} broken)");
+            let (ok, missed, covering) = *store.chained.lock().unwrap();
+            assert!(ok > 0, "no reservation was chained ({missed} missed)");
+            assert!(
+                covering > 0,
+                "no link overtook the one before it ({ok} chained)"
+            );
         }
     }
 }

@@ -64,6 +64,16 @@ impl SeqBlock {
     }
 }
 
+/// What [`Store::reserve_seq_from`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chained {
+    /// The counter stood at this value (one of those offered): the numbers above it up to
+    /// the end asked for are reserved.
+    Reserved(u64),
+    /// Nothing reserved; the counter's value when the store saw it.
+    Missed(Option<u64>),
+}
+
 /// A position in the store's history of prefix configs (SPEC 3.1: configs carry the store's
 /// revision): etcd's revision, or the embedded store's count of config writes. Every write
 /// or delete of a config gets a higher one than everything before it, so of two versions of
@@ -233,28 +243,33 @@ pub trait Store: Send + Sync + 'static {
         guard: Option<&SeqGuard<'_>>,
     ) -> Result<SeqBlock, StoreError>;
     /// How many strict reservations of one counter a node may have in flight at once
-    /// (see [`Store::reserve_seq_after`]); 1 for a store that answers without a network
+    /// (see [`Store::reserve_seq_from`]); 1 for a store that answers without a network
     /// round trip.
     fn strict_depth(&self) -> usize {
         1
     }
-    /// One attempt, one round trip: reserves `after + 1 ..= after + size` when the counter
-    /// stands at exactly `after` and `guard`'s format is current, as this store last saw
-    /// the key's record. `None` when it does not (or this store cannot tell without a
-    /// read): nothing was reserved, and the caller reserves with
-    /// [`Store::reserve_seq_as`], which reads what is stored now. A caller that knows
-    /// where its reservation in flight will leave the counter can send the next one
-    /// before the first is answered; the counter's value is the compare, so of two
-    /// reservations counting on the same value at most one commits, and one counting on
-    /// a value never reached commits nothing.
-    async fn reserve_seq_after(
+    /// One attempt, one round trip: when the counter stands at one of `from` (each below
+    /// `end`; the likeliest first) and `guard`'s format is current, as this store last saw
+    /// the key's record, sets it to `end`: reserves `v + 1 ..= end` for the `v` it stood
+    /// at, and returns [`Chained::Reserved`]`(v)`. Otherwise nothing is reserved
+    /// ([`Chained::Missed`], with the counter's value when the store saw it), and the
+    /// caller reserves with [`Store::reserve_seq_as`], which reads what is stored now.
+    ///
+    /// A caller that knows where its reservations in flight will leave the counter sends
+    /// the next one before they are answered, and lists their starting points too: a
+    /// store may commit requests in flight in any order, and one that lands first then
+    /// takes the numbers of those it overtook with its own (they then miss). The
+    /// counter's value is the compare: "the counter stands at `v`" means every number
+    /// above `v` is free, whoever moved it there, so whichever `v` matches, the numbers
+    /// reserved were nobody's.
+    async fn reserve_seq_from(
         &self,
         _counter: &str,
-        _after: u64,
-        _size: u64,
+        _from: &[u64],
+        _end: u64,
         _guard: &SeqGuard<'_>,
-    ) -> Result<Option<SeqBlock>, StoreError> {
-        Ok(None)
+    ) -> Result<Chained, StoreError> {
+        Ok(Chained::Missed(None))
     }
     /// [`Store::reserve_seq_as`] without a guard.
     async fn reserve_seq(

@@ -35,7 +35,7 @@ use etcd_client::{
 };
 
 use super::{
-    AUDIT_KEEP, AuditMeta, AuditRecord, DEFAULT_TIMEOUT, Observed, PrefixRecord, Revision,
+    AUDIT_KEEP, AuditMeta, AuditRecord, Chained, DEFAULT_TIMEOUT, Observed, PrefixRecord, Revision,
     SeqBlock, SeqGuard, Snapshot, Store, StoreError, Written,
 };
 use crate::config::EtcdConfig;
@@ -437,14 +437,14 @@ impl Store for EtcdStore {
         STRICT_DEPTH
     }
 
-    async fn reserve_seq_after(
+    async fn reserve_seq_from(
         &self,
         counter: &str,
-        after: u64,
-        size: u64,
+        from: &[u64],
+        end: u64,
         guard: &SeqGuard<'_>,
-    ) -> Result<Option<SeqBlock>, StoreError> {
-        records::reserve_after(self, counter, after, size, guard).await
+    ) -> Result<Chained, StoreError> {
+        records::reserve_from(self, counter, from, end, guard).await
     }
 
     async fn release_seq_as(

@@ -25,8 +25,8 @@ use super::{
 use crate::prefix::PrefixConfig;
 use crate::store::record::{PrefixRecord, SeqGuard, Stored, plan_write, reservation_allowed};
 use crate::store::{
-    AuditMeta, AuditRecord, Revision, SeqBlock, StoreError, Written, clash_rules, next_block,
-    parse_bound_reset,
+    AuditMeta, AuditRecord, Chained, Revision, SeqBlock, StoreError, Written, clash_rules,
+    next_block, parse_bound_reset,
 };
 
 /// The key-values read by the `i`th operation of a transaction.
@@ -314,84 +314,86 @@ pub(super) async fn reserve(
     Ok(block)
 }
 
-/// How many times [`reserve_after`] sends a reservation that found the counter still
-/// short of where the one before it leaves it.
-const BEHIND_TRIES: u32 = 4;
-
-/// See [`crate::store::Store::reserve_seq_after`]: one transaction, compared on the
-/// counter's value and on the record's revision as this store last saw it (without one
-/// remembered, `None` at once: the ordinary reservation reads it).
-pub(super) async fn reserve_after(
+/// See [`crate::store::Store::reserve_seq_from`]: one transaction, guarded on the record's
+/// revision as this store last saw it (without one remembered, a miss at once: the
+/// ordinary reservation reads it). Inside, one nested transaction per value in `from`,
+/// each compared on the counter's value and tried when the one before did not match
+/// (etcd 3.3+), so that whichever value the counter stands at, it moves to `end`.
+pub(super) async fn reserve_from(
     store: &EtcdStore,
     counter: &str,
-    after: u64,
-    size: u64,
+    from: &[u64],
+    end: u64,
     guard: &SeqGuard<'_>,
-) -> Result<Option<SeqBlock>, StoreError> {
+) -> Result<Chained, StoreError> {
     let key = store.keys().seq(counter);
     let key = key.as_str();
     let record_key = store.keys().record(guard.key);
     let record_key = record_key.as_str();
     let Some(record) = store.known(record_key) else {
-        return Ok(None);
+        return Ok(Chained::Missed(None));
     };
-    if !allowed(record_key, record.value.as_deref(), guard)? {
-        return Ok(None);
+    let from: Vec<u64> = from.iter().copied().filter(|&v| v < end).collect();
+    if from.is_empty() || !allowed(record_key, record.value.as_deref(), guard)? {
+        return Ok(Chained::Missed(None));
     }
-    let Some(block) = next_block(after, size).filter(|b| b.len() == size) else {
-        // At the top of u64: the ordinary reservation handles the short block.
-        return Ok(None);
-    };
-    let (expect, end) = (after.to_string(), block.end.to_string());
-    let mut tries = 0;
-    loop {
-        let reserved = store
-            .members
-            .call(store.timeout, |c, _| {
-                let (expect, end) = (expect.as_str(), end.as_str());
-                async move {
-                    let txn = Txn::new()
-                        .when([
-                            Compare::value(key, CompareOp::Equal, expect),
-                            unchanged(record_key, record.revision),
-                        ])
-                        .and_then([TxnOp::put(key, end, None)])
-                        .or_else([TxnOp::get(key, None), TxnOp::get(record_key, None)]);
-                    let resp = c.kv_client().txn(txn).await?;
-                    let revision = resp.header().map_or(0, |h| h.revision());
-                    let ops = resp.op_responses();
-                    Ok(if resp.succeeded() {
-                        Ok(revision)
-                    } else {
-                        Err(counter_and_record(&ops))
-                    })
-                }
-            })
-            .await?;
-        let (seen, now) = match reserved {
-            Ok(revision) => {
-                let value = Some(end.into_bytes());
-                store.learn(key, Seen { value, revision });
-                return Ok(Some(block));
-            }
-            Err((seen, now)) => (seen, now),
-        };
-        // The counter still below `after`, under the same record: the reservation this
-        // one follows was sent first but has not landed yet (etcd serves concurrent
-        // requests in no promised order). Send it again, a few times.
-        let behind = seen
-            .value
-            .as_deref()
-            .and_then(|v| parse_u64(key, v).ok())
-            .is_some_and(|v| v < after);
+    let end_text = end.to_string();
+    // Innermost first: the last value's test reads the counter when it does not match.
+    let mut chain = Txn::new()
+        .when([Compare::value(
+            key,
+            CompareOp::Equal,
+            from[from.len() - 1].to_string(),
+        )])
+        .and_then([TxnOp::put(key, end_text.as_str(), None)])
+        .or_else([TxnOp::get(key, None)]);
+    for v in from.iter().rev().skip(1) {
+        chain = Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, v.to_string())])
+            .and_then([TxnOp::put(key, end_text.as_str(), None)])
+            .or_else([TxnOp::txn(chain)]);
+    }
+    let txn = Txn::new()
+        .when([unchanged(record_key, record.revision)])
+        .and_then([TxnOp::txn(chain)])
+        .or_else([TxnOp::get(key, None), TxnOp::get(record_key, None)]);
+    let resp = store
+        .members
+        .call(store.timeout, |c, _| {
+            let txn = txn.clone();
+            async move { Ok(c.kv_client().txn(txn).await?) }
+        })
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    if !resp.succeeded() {
+        // The record changed: the ordinary reservation decides on what is stored now.
+        let (seen, now) = counter_and_record(&resp.op_responses());
+        let at = seen.value.as_deref().and_then(|v| parse_u64(key, v).ok());
         store.learn(key, seen);
-        tries += 1;
-        if !behind || now.revision != record.revision || tries >= BEHIND_TRIES {
-            store.learn(record_key, now);
-            return Ok(None);
-        }
-        tokio::task::yield_now().await;
+        store.learn(record_key, now);
+        return Ok(Chained::Missed(at));
     }
+    // Walk down the nested answers to the one that matched, or to the counter's read.
+    let mut level = resp.op_responses();
+    for &v in &from {
+        let Some(TxnOpResponse::Txn(inner)) = level.first() else {
+            break;
+        };
+        if inner.succeeded() {
+            let value = Some(end_text.into_bytes());
+            store.learn(key, Seen { value, revision });
+            return Ok(Chained::Reserved(v));
+        }
+        let next = inner.op_responses();
+        level = next;
+    }
+    if !matches!(level.first(), Some(TxnOpResponse::Get(_))) {
+        return Ok(Chained::Missed(None));
+    }
+    let seen = seen_in(&level);
+    let at = seen.value.as_deref().and_then(|v| parse_u64(key, v).ok());
+    store.learn(key, seen);
+    Ok(Chained::Missed(at))
 }
 
 /// See [`crate::store::Store::release_seq_as`]. Guarded on the revision at which the
