@@ -36,9 +36,16 @@ pub async fn watch_skew(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        // Fewer than two peers answered: no judgement, keep what was measured last.
-        let Some(offset) = measure(&registry).await else {
-            node.mark_skew_checked();
+        // Fewer than two peers answered: no judgement, keep what was measured last. That
+        // is the first look when fewer than two peers are registered (nobody to judge
+        // by); when they are but did not answer (a probe timed out), the lease loop goes
+        // on waiting for the next try, up to `FIRST_SKEW_CHECK_WAIT`, rather than claim
+        // a worker ID on a clock nobody checked.
+        let (offset, listed) = measure(&registry).await;
+        let Some(offset) = offset else {
+            if listed < 2 {
+                node.mark_skew_checked();
+            }
             continue;
         };
         registry.set_offset(offset);
@@ -51,9 +58,16 @@ pub async fn watch_skew(
 /// This node's offset from the median of its peers' clocks, probed in parallel: the peers
 /// of its own datacenter first (a WAN round trip blurs the estimate), all of them when
 /// fewer than two of its own answer; `None` when the registry cannot be read or fewer than
-/// two peers answer.
-async fn measure(registry: &NodeRegistry) -> Option<f64> {
-    let nodes = registry.nodes().await.ok()?;
+/// two peers answer. Also how many peers the registry lists (`usize::MAX` when it cannot
+/// be read: that is no sign of being alone).
+async fn measure(registry: &NodeRegistry) -> (Option<f64>, usize) {
+    let Ok(nodes) = registry.nodes().await else {
+        return (None, usize::MAX);
+    };
+    let listed = nodes
+        .iter()
+        .filter(|n| n.node_id != registry.node_id())
+        .count();
     let mut probes = tokio::task::JoinSet::new();
     for peer in nodes
         .into_iter()
@@ -81,5 +95,8 @@ async fn measure(registry: &NodeRegistry) -> Option<f64> {
             all.push(sample.offset_ms);
         }
     }
-    skew::node_offset(&own).or_else(|| skew::node_offset(&all))
+    (
+        skew::node_offset(&own).or_else(|| skew::node_offset(&all)),
+        listed,
+    )
 }
