@@ -64,15 +64,13 @@ async fn measure(registry: &NodeRegistry) -> (Option<f64>, usize) {
     let Ok(nodes) = registry.nodes().await else {
         return (None, usize::MAX);
     };
-    let listed = nodes
-        .iter()
-        .filter(|n| n.node_id != registry.node_id())
-        .count();
-    let mut probes = tokio::task::JoinSet::new();
-    for peer in nodes
+    let peers: Vec<_> = nodes
         .into_iter()
         .filter(|n| n.node_id != registry.node_id())
-    {
+        .collect();
+    let listed = peers.len();
+    let mut probes = tokio::task::JoinSet::new();
+    for peer in peers {
         let clock = registry.clock().clone();
         let same_dc = peer.dc_id == registry.dc();
         probes.spawn(async move {

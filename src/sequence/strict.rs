@@ -152,7 +152,7 @@ impl SeqAllocator {
         period: Option<String>,
     ) -> Result<Taken, SeqError> {
         let (reply, answer) = oneshot::channel();
-        let start_driver = {
+        let (start, wake) = {
             let mut q = self.strict_queue();
             q.waiting.push_back(Waiter {
                 period,
@@ -163,12 +163,12 @@ impl SeqAllocator {
             let wake = std::mem::take(&mut q.listening);
             (start, wake)
         };
-        match start_driver {
+        if start {
             // A task of its own: a request that goes away (its client hung up) must not
             // stop the reservation the others are waiting on.
-            (true, _) => drop(tokio::spawn(self.clone().drive_strict())),
-            (false, true) => self.strict_arrived.notify_one(),
-            (false, false) => {}
+            tokio::spawn(self.clone().drive_strict());
+        } else if wake {
+            self.strict_arrived.notify_one();
         }
         // The driver answers every waiter it takes; a lost answer can only mean the
         // driver is gone, and the caller then looks the prefix up again.

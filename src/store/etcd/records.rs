@@ -334,24 +334,24 @@ pub(super) async fn reserve_from(
         return Ok(Chained::Missed(None));
     };
     let from: Vec<u64> = from.iter().copied().filter(|&v| v < end).collect();
-    if from.is_empty() || !allowed(record_key, record.value.as_deref(), guard)? {
+    let Some((&last, before)) = from.split_last() else {
+        return Ok(Chained::Missed(None));
+    };
+    if !allowed(record_key, record.value.as_deref(), guard)? {
         return Ok(Chained::Missed(None));
     }
     let end_text = end.to_string();
-    // Innermost first: the last value's test reads the counter when it does not match.
-    let mut chain = Txn::new()
-        .when([Compare::value(
-            key,
-            CompareOp::Equal,
-            from[from.len() - 1].to_string(),
-        )])
-        .and_then([TxnOp::put(key, end_text.as_str(), None)])
-        .or_else([TxnOp::get(key, None)]);
-    for v in from.iter().rev().skip(1) {
-        chain = Txn::new()
+    // "If the counter stands at `v`, move it to `end`; otherwise `next`." Built innermost
+    // first: the last value's test reads the counter when it does not match.
+    let test = |v: u64, next: TxnOp| {
+        Txn::new()
             .when([Compare::value(key, CompareOp::Equal, v.to_string())])
             .and_then([TxnOp::put(key, end_text.as_str(), None)])
-            .or_else([TxnOp::txn(chain)]);
+            .or_else([next])
+    };
+    let mut chain = test(last, TxnOp::get(key, None));
+    for &v in before.iter().rev() {
+        chain = test(v, TxnOp::txn(chain));
     }
     let txn = Txn::new()
         .when([unchanged(record_key, record.revision)])
@@ -364,33 +364,32 @@ pub(super) async fn reserve_from(
             async move { Ok(c.kv_client().txn(txn).await?) }
         })
         .await?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    if !resp.succeeded() {
+    let seen = if resp.succeeded() {
+        // Walk down the nested answers to the one that matched, or to the counter's read.
+        let mut level = resp.op_responses();
+        for &v in &from {
+            let Some(TxnOpResponse::Txn(inner)) = level.first() else {
+                break;
+            };
+            if inner.succeeded() {
+                let revision = resp.header().map_or(0, |h| h.revision());
+                let value = Some(end_text.into_bytes());
+                store.learn(key, Seen { value, revision });
+                return Ok(Chained::Reserved(v));
+            }
+            let next = inner.op_responses();
+            level = next;
+        }
+        if !matches!(level.first(), Some(TxnOpResponse::Get(_))) {
+            return Ok(Chained::Missed(None));
+        }
+        seen_in(&level)
+    } else {
         // The record changed: the ordinary reservation decides on what is stored now.
         let (seen, now) = counter_and_record(&resp.op_responses());
-        let at = seen.value.as_deref().and_then(|v| parse_u64(key, v).ok());
-        store.learn(key, seen);
         store.learn(record_key, now);
-        return Ok(Chained::Missed(at));
-    }
-    // Walk down the nested answers to the one that matched, or to the counter's read.
-    let mut level = resp.op_responses();
-    for &v in &from {
-        let Some(TxnOpResponse::Txn(inner)) = level.first() else {
-            break;
-        };
-        if inner.succeeded() {
-            let value = Some(end_text.into_bytes());
-            store.learn(key, Seen { value, revision });
-            return Ok(Chained::Reserved(v));
-        }
-        let next = inner.op_responses();
-        level = next;
-    }
-    if !matches!(level.first(), Some(TxnOpResponse::Get(_))) {
-        return Ok(Chained::Missed(None));
-    }
-    let seen = seen_in(&level);
+        seen
+    };
     let at = seen.value.as_deref().and_then(|v| parse_u64(key, v).ok());
     store.learn(key, seen);
     Ok(Chained::Missed(at))
